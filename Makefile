@@ -1,0 +1,39 @@
+# Entry points of the harness. `make reproduce` and `make test` each do their own set-up.
+PYTHON_BOOTSTRAP ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP_SENTINEL := $(VENV)/.setup-done
+PROFILE ?= cpu
+
+.PHONY: setup data reproduce tables figures test bench clean-runs
+
+# Re-running setup with unchanged pins is a no-op: the sentinel is newer than the pin files.
+$(SETUP_SENTINEL): requirements/base.txt requirements/no-deps.txt
+	@command -v $(PYTHON_BOOTSTRAP) >/dev/null || { echo "error: $(PYTHON_BOOTSTRAP) not found; install Python 3.11 or run make PYTHON_BOOTSTRAP=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/base.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/no-deps.txt
+	$(PY) -c "import harness.lirpa_compat"
+	touch $@
+
+setup: $(SETUP_SENTINEL)
+
+data: setup
+	$(PY) -m harness data --dataset mnist --dataset fashion-mnist
+
+reproduce: setup
+	$(PY) -m harness reproduce --profile $(PROFILE)
+
+tables: setup
+	$(PY) -m harness tables
+
+figures: setup
+	$(PY) -m harness figures
+
+bench: setup
+	$(PY) -m harness bench bounds
+	$(PY) -m harness bench train
+
+test: setup
+	$(PY) -m harness data --dataset mnist --dataset fashion-mnist
+	$(PY) -m pytest -q tests

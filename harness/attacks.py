@@ -1,0 +1,105 @@
+"""PGD (Madry et al.) in [0, 1] pixel space.
+
+The attack owns the model's mode: it runs with the model in eval mode (BatchNorm uses running
+statistics, as in CTBench) and restores the caller's mode afterwards.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTACK_LOSSES = ("ce", "margin", "kl")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block and restore the previous mode of every submodule."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _loss_per_sample(logits: torch.Tensor, y: torch.Tensor, kind: str,
+                     target_log_probs: torch.Tensor | None) -> torch.Tensor:
+    if kind == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    if kind == "margin":  # max_{j != y} z_j - z_y: positive iff misclassified
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        other = logits.clone()
+        other.scatter_(1, y[:, None], float("-inf"))
+        return other.max(1).values - true
+    if kind == "kl":  # soft-label attack: KL(p_T || p_S(x'))
+        return F.kl_div(F.log_softmax(logits, 1), target_log_probs, log_target=True, reduction="none").sum(1)
+    raise ValueError(f"unknown attack loss {kind!r}; known: {', '.join(ATTACK_LOSSES)}")
+
+
+def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int,
+               step_size: float | None = None, restarts: int = 1, loss: str = "ce",
+               target_log_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Return, per sample, the point of B(x, eps) ∩ [0, 1] with the highest attack loss found.
+
+    Random uniform start, ``steps`` signed-gradient ascent steps of ``step_size`` (default
+    2.5 * eps / steps), projection after each step; the best point over steps and restarts is kept.
+    Randomness comes from torch's global generator, so a seeded run is reproducible.
+    """
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
+    if eps == 0:
+        return x.detach().clone()
+    lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+    alpha = 2.5 * eps / steps if step_size is None else step_size
+    x = x.detach()
+    best_x = x.clone()
+    best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
+    with eval_mode(model), torch.enable_grad():
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:  # gradients w.r.t. the input only
+            p.requires_grad_(False)
+        try:
+            for _ in range(restarts):
+                delta = torch.empty_like(x).uniform_(-1.0, 1.0) * eps
+                x_adv = torch.min(torch.max(x + delta, lo), hi)
+                for _ in range(steps):
+                    x_adv.requires_grad_(True)
+                    per_sample = _loss_per_sample(model(x_adv), y, loss, target_log_probs)
+                    grad, = torch.autograd.grad(per_sample.sum(), x_adv)
+                    with torch.no_grad():
+                        better = per_sample.detach() > best_loss
+                        best_loss = torch.where(better, per_sample.detach(), best_loss)
+                        best_x[better] = x_adv.detach()[better]
+                        x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), lo), hi)
+                with torch.no_grad():
+                    final = _loss_per_sample(model(x_adv), y, loss, target_log_probs)
+                    better = final > best_loss
+                    best_loss = torch.where(better, final, best_loss)
+                    best_x[better] = x_adv[better]
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+    return best_x.detach()
+
+
+@torch.no_grad()
+def pgd_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 50,
+               restarts: int = 3, step_size: float | None = None) -> torch.Tensor:
+    """Evaluation attack: True where no point found by margin-loss PGD is misclassified.
+
+    The clean point counts too, so a misclassified sample is never robust.
+    """
+    with eval_mode(model):
+        robust = model(x).argmax(1) == y
+        if eps > 0:
+            x_adv = pgd_attack(model, x, y, eps, steps=steps, restarts=restarts, step_size=step_size, loss="margin")
+            robust &= model(x_adv).argmax(1) == y
+    return robust

@@ -1,0 +1,1 @@
+"""Speed benchmarks: medians measured in one process (``python -m harness bench ...``)."""

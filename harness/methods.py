@@ -1,0 +1,313 @@
+"""Training methods: each is a loss over one batch given the model, an optional teacher and the eps.
+
+The shared training loop (``harness.train``) knows no method by name: it builds one from
+:data:`METHODS` with the run's parameters and calls it inside ``frozen_batch_stats`` so that
+BatchNorm statistics come from the clean pass (which every method computes first).
+Formulas: shared/methods.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.attacks import pgd_attack
+from harness.bounds.ibp import ibp_bounds
+from harness.bounds.spec import input_box, spec_matrix
+
+
+@dataclass
+class Batch:
+    """What a method sees of one training step."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    eps: float          # current (ramped) training eps
+    eps_final: float    # training eps at the end of the ramp
+    teacher: nn.Module | None = None
+
+
+@dataclass
+class LossOut:
+    loss: torch.Tensor
+    terms: dict[str, float]
+    clean_logits: torch.Tensor
+
+
+def robust_ce_from_margins(margins: torch.Tensor) -> torch.Tensor:
+    """L(m) = CE([0, -m], class 0), batch mean: the IBP loss when m are margin lower bounds."""
+    zeros = torch.zeros_like(margins[:, :1])
+    return torch.logsumexp(torch.cat([zeros, -margins], dim=1), dim=1).mean()
+
+
+def shi_regularisers(preact: list[tuple[torch.Tensor, torch.Tensor]], r0: torch.Tensor,
+                     tol: float = 0.5) -> torch.Tensor:
+    """Shi et al. (2021) warm-up regularisers L_tight + L_relu on the IBP bounds of each ReLU input."""
+    tight, relu = [], []
+    for lo, hi in preact:
+        lo, hi = lo.flatten(1), hi.flatten(1)
+        c, r = (hi + lo) / 2, (hi - lo) / 2
+        tight.append(F.relu(tol - r0 / r.mean().clamp_min(1e-12)) / tol)
+        active, inactive = lo > 0, hi < 0
+        term = c.new_zeros(())
+        if active.any() and inactive.any():
+            ca, ci = c[active], c[inactive]
+            a = ca.mean() / (-ci.mean()).clamp_min(1e-12)
+            term = term + F.relu(tol - torch.minimum(a, 1 / a.clamp_min(1e-12)))
+            if ca.numel() > 1 and ci.numel() > 1:
+                v = ca.var() / ci.var().clamp_min(1e-12)
+                term = term + F.relu(tol - torch.minimum(v, 1 / v.clamp_min(1e-12)))
+        relu.append(term / tol)
+    if not preact:
+        return r0.new_zeros(())
+    return torch.stack(tight).mean() + torch.stack(relu).mean()
+
+
+def _input_radius_normalised(model: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Mean half-width of the input box after the model's Normalize layer (r0 of Shi et al.)."""
+    std = getattr(model[0], "std", None) if isinstance(model, nn.Sequential) else None
+    r = (hi - lo) / 2
+    return (r / std).mean() if std is not None else r.mean()
+
+
+@dataclass
+class Method:
+    """Base class: parameters are dataclass fields, validated in ``__post_init__``."""
+
+    name: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = False
+    uses_ibp_init: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name in ("alpha", "robust_weight"):
+                value = getattr(self, f.name)
+                if not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{self.name}: {f.name} must lie in [0, 1], got {value}")
+            if f.name in ("attack_steps", "attack_restarts") and getattr(self, f.name) < 1:
+                raise ValueError(f"{self.name}: {f.name} must be >= 1, got {getattr(self, f.name)}")
+
+    def __call__(self, b: Batch) -> LossOut:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _clean(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = b.model(b.x)
+    return logits, F.cross_entropy(logits, b.y)
+
+
+def _ibp_terms(b: Batch, num_classes: int, regulariser: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+    """IBP margin lower bounds at the current eps, the IBP loss, the faded Shi et al. regulariser."""
+    lo, hi = input_box(b.x, b.eps)
+    C = spec_matrix(b.y, num_classes, dtype=b.x.dtype)
+    bounds = ibp_bounds(b.model, lo, hi, C)
+    loss_ibp = robust_ce_from_margins(bounds.lower)
+    reg = loss_ibp.new_zeros(())
+    fade = 1.0 - b.eps / b.eps_final if b.eps_final > 0 else 0.0
+    if regulariser > 0 and fade > 0:
+        reg = regulariser * fade * shi_regularisers(bounds.preact, _input_radius_normalised(b.model, lo, hi))
+    return bounds.lower, loss_ibp, reg, {"loss_ibp": loss_ibp.item(), "reg": reg.item()}
+
+
+def _attack(b: Batch, method, loss: str = "ce", target_log_probs=None) -> torch.Tensor:
+    return pgd_attack(b.model, b.x, b.y, method.attack_range * b.eps, steps=method.attack_steps,
+                      restarts=method.attack_restarts, step_size=None if method.attack_step_size <= 0
+                      else method.attack_step_size * b.eps, loss=loss, target_log_probs=target_log_probs)
+
+
+@dataclass
+class Standard(Method):
+    """CE(f(x), y)."""
+
+    name: ClassVar[str] = "standard"
+
+    def __call__(self, b: Batch) -> LossOut:
+        logits, ce = _clean(b)
+        return LossOut(ce, {"loss_clean": ce.item()}, logits)
+
+
+@dataclass
+class PGDAT(Method):
+    """PGD adversarial training (Madry et al.): CE(f(x_adv), y). Also the AD-CERT teacher."""
+
+    name: ClassVar[str] = "pgd"
+    attack_steps: int = 10
+    attack_restarts: int = 1
+    attack_range: float = 1.0
+    attack_step_size: float = 0.0  # in units of eps; 0 = 2.5 / steps
+
+    def __call__(self, b: Batch) -> LossOut:
+        logits, ce = _clean(b)  # sets the clean BN statistics
+        x_adv = _attack(b, self)
+        loss = F.cross_entropy(b.model(x_adv), b.y)
+        return LossOut(loss, {"loss_clean": ce.item(), "loss_adv": loss.item()}, logits)
+
+
+@dataclass
+class IBP(Method):
+    """Shi et al. (2021): (1 - w) CE(f(x), y) + w L_IBP + faded warm-up regularisers."""
+
+    name: ClassVar[str] = "ibp"
+    uses_ibp_init: ClassVar[bool] = True
+    robust_weight: float = 1.0
+    regulariser: float = 0.5
+
+    def __call__(self, b: Batch) -> LossOut:
+        logits, ce = _clean(b)
+        _, robust, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
+        loss = (1 - self.robust_weight) * ce + self.robust_weight * robust + reg
+        return LossOut(loss, {"loss_clean": ce.item(), **terms}, logits)
+
+
+@dataclass
+class _Expressive(Method):
+    """Shared fields of the expressive losses (MTL-IBP, CC-IBP, Exp-IBP) and AD-CERT."""
+
+    uses_ibp_init: ClassVar[bool] = True
+    alpha: float = 0.5
+    attack_steps: int = 1
+    attack_restarts: int = 1
+    attack_range: float = 1.0
+    attack_step_size: float = 0.0
+    regulariser: float = 0.5
+
+
+@dataclass
+class MTLIBP(_Expressive):
+    """De Palma et al. (2024): alpha L_IBP + (1 - alpha) CE(f(x_adv), y)."""
+
+    name: ClassVar[str] = "mtl_ibp"
+
+    def __call__(self, b: Batch) -> LossOut:
+        logits, ce = _clean(b)
+        x_adv = _attack(b, self)
+        _, robust, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
+        adv = F.cross_entropy(b.model(x_adv), b.y)
+        loss = self.alpha * robust + (1 - self.alpha) * adv + reg
+        return LossOut(loss, {"loss_clean": ce.item(), "loss_adv": adv.item(), **terms}, logits)
+
+
+@dataclass
+class CCIBP(_Expressive):
+    """CC-IBP: L(alpha m_IBP + (1 - alpha) m_adv) on margins in logit-difference space."""
+
+    name: ClassVar[str] = "cc_ibp"
+
+    def __call__(self, b: Batch) -> LossOut:
+        logits, ce = _clean(b)
+        x_adv = _attack(b, self)
+        m_ibp, _, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
+        C = spec_matrix(b.y, logits.shape[1], dtype=b.x.dtype)
+        m_adv = torch.einsum("bmk,bk->bm", C, b.model(x_adv))
+        loss = robust_ce_from_margins(self.alpha * m_ibp + (1 - self.alpha) * m_adv) + reg
+        return LossOut(loss, {"loss_clean": ce.item(), **terms}, logits)
+
+
+@dataclass
+class ExpIBP(_Expressive):
+    """Exp-IBP: L_IBP^alpha * L_adv^(1 - alpha)."""
+
+    name: ClassVar[str] = "exp_ibp"
+
+    def __call__(self, b: Batch) -> LossOut:
+        logits, ce = _clean(b)
+        x_adv = _attack(b, self)
+        _, robust, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
+        adv = F.cross_entropy(b.model(x_adv), b.y)
+        loss = robust.clamp_min(1e-12) ** self.alpha * adv.clamp_min(1e-12) ** (1 - self.alpha) + reg
+        return LossOut(loss, {"loss_clean": ce.item(), "loss_adv": adv.item(), **terms}, logits)
+
+
+AD_VARIANTS = ("ad", "rslad", "natkl")
+
+
+@dataclass
+class ADCERT(_Expressive):
+    """AD-CERT as implemented by its authors (shared/methods.md).
+
+    L = (1 - w) CE(f_S(x), y) + w [alpha L_IBP + (1 - alpha) L_AD]   (alpha > 0)
+    L = (1 - w) CE(f_S(x), y) + w L_AD                                (alpha = 0)
+    L_AD = KL(p_T(x_T) || p_S(x_adv)), batch mean; x_adv from PGD on the student.
+    """
+
+    name: ClassVar[str] = "ad_cert"
+    needs_teacher: ClassVar[bool] = True
+    robust_weight: float = 1.0
+    teacher_input: str = "clean"   # "clean" | "adv"
+    attack_loss: str = "ce"        # "ce" (true labels) | "kl" (soft-label attack against the teacher)
+    variant: str = "ad"            # "ad" | "rslad" | "natkl"
+    init_from_teacher: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, allowed in (("teacher_input", ("clean", "adv")), ("attack_loss", ("ce", "kl")),
+                             ("variant", AD_VARIANTS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"ad_cert: {key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+
+    def __call__(self, b: Batch) -> LossOut:
+        if b.teacher is None:
+            raise ValueError("ad_cert needs a teacher model")
+        logits, ce = _clean(b)
+        with torch.no_grad():
+            t_clean = F.log_softmax(b.teacher(b.x), 1)
+        needs_adv = self.variant != "natkl" or self.teacher_input == "adv"
+        x_adv = None
+        if needs_adv:
+            if self.attack_loss == "kl":
+                x_adv = _attack(b, self, loss="kl", target_log_probs=t_clean)
+            else:
+                x_adv = _attack(b, self)
+        if self.teacher_input == "adv":
+            with torch.no_grad():
+                t_target = F.log_softmax(b.teacher(x_adv), 1)
+        else:
+            t_target = t_clean
+
+        def kl(student_logits: torch.Tensor) -> torch.Tensor:
+            return F.kl_div(F.log_softmax(student_logits, 1), t_target, log_target=True, reduction="batchmean")
+
+        if self.variant == "natkl":
+            l_ad = kl(logits)
+        elif self.variant == "rslad":
+            l_ad = kl(logits) / 6 + 5 * kl(b.model(x_adv)) / 6
+        else:
+            l_ad = kl(b.model(x_adv))
+        terms = {"loss_clean": ce.item(), "loss_ad": l_ad.item()}
+        if self.alpha > 0:
+            _, robust, reg, ibp_terms = _ibp_terms(b, logits.shape[1], self.regulariser)
+            inner = self.alpha * robust + (1 - self.alpha) * l_ad + reg
+            terms.update(ibp_terms)
+        else:
+            inner = l_ad
+        loss = (1 - self.robust_weight) * ce + self.robust_weight * inner
+        return LossOut(loss, terms, logits)
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Standard, PGDAT, IBP, MTLIBP, CCIBP, ExpIBP, ADCERT)}
+
+
+def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
+    """Build a method by name from its parameters; unknown names or parameters are clear errors."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    cls = METHODS[name]
+    params = dict(params or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known)) or 'none'}")
+    return cls(**params)
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """All parameters of a method with their default values (what a run config records)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return {f.name: f.default for f in fields(METHODS[name])}

@@ -1,0 +1,148 @@
+"""Figures from stored records: trade-off per setting, certified accuracy vs eps, training curves."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from harness.config import REPO, RUNS  # noqa: E402
+from harness.tables import PUBLISHED, RESULTS  # noqa: E402
+from harness.train import RunDir  # noqa: E402
+
+PLOTS = REPO / "plots"
+METHOD_STYLE = {  # one colour and marker per method, the same in every figure
+    "standard": ("tab:gray", "o"), "pgd": ("tab:orange", "s"), "ibp": ("tab:blue", "^"),
+    "mtl_ibp": ("tab:green", "D"), "cc_ibp": ("tab:olive", "P"), "exp_ibp": ("tab:cyan", "X"),
+    "ad_cert": ("tab:red", "*"), "crown_ibp": ("tab:purple", "v"), "sabr": ("tab:brown", "<"),
+}
+
+
+def _style(method: str) -> tuple[str, str]:
+    return METHOD_STYLE.get(method, ("black", "o"))
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _cert_column(df: pd.DataFrame) -> str:
+    """Best full-test-set certifier column (cumulative IBP + CROWN-IBP)."""
+    return "cert_crown_ibp" if df["cert_crown_ibp"].notna().any() else "cert_ibp"
+
+
+def tradeoff_plot(summary: pd.DataFrame, published: pd.DataFrame, dataset: str, eps_label: str, path: Path) -> None:
+    """Clean vs certified accuracy, one marker per method (mean +- std over seeds), published points hollow."""
+    ok = summary[(summary["status"] == "ok") & (summary["dataset"] == dataset) & (summary["eps_label"] == eps_label)]
+    cert = _cert_column(ok)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for (profile, arch, method), g in ok.groupby(["profile", "arch", "method"]):
+        c, m = _style(method)
+        ax.errorbar(g[cert].mean(), g["clean_acc"].mean(), xerr=g[cert].std() if len(g) > 1 else None,
+                    yerr=g["clean_acc"].std() if len(g) > 1 else None, fmt=m, color=c, ms=9, capsize=3,
+                    label=f"{method} (ours, {arch}, n={len(g)})")
+    pub = published[(published["dataset"] == dataset) & (published["eps_label"] == eps_label)]
+    for _, r in pub.iterrows():
+        c, m = _style(r["method"])
+        ax.plot(r["cert_acc"], r["clean_acc"], m, mfc="none", mec=c, ms=9, mew=1.5,
+                label=f"{r['method']} (published, {r['arch']})")
+    ax.set_xlabel(f"certified accuracy (%), {'IBP + CROWN-IBP' if cert == 'cert_crown_ibp' else 'IBP'} (ours)")
+    ax.set_ylabel("standard (clean) accuracy (%)")
+    ax.set_title(f"{dataset} eps={eps_label}: accuracy vs certified robustness\n(up and right is better)")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="best")
+    _save(fig, path)
+
+
+def eps_curve_plot(summary: pd.DataFrame, runs_root: Path, dataset: str, eps_label: str, path: Path) -> bool:
+    """Own-IBP certified accuracy of each final model as a function of the eps it is certified at."""
+    ok = summary[(summary["status"] == "ok") & (summary["dataset"] == dataset) & (summary["eps_label"] == eps_label)]
+    curves = []
+    for _, r in ok.iterrows():
+        meta = RunDir(runs_root / r["run_id"]).path / "certify.json"
+        sweep = json.loads(meta.read_text()).get("eps_sweep", []) if meta.exists() else []
+        for p in sweep:
+            curves.append({"method": r["method"], "seed": r["seed"], "eps": p["eps"], "cert": p["cert_ibp"]})
+    if not curves:
+        return False
+    df = pd.DataFrame(curves)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method, g in df.groupby("method"):
+        c, m = _style(method)
+        agg = g.groupby("eps")["cert"].agg(["mean", "std"]).reset_index()
+        ax.errorbar(agg["eps"], agg["mean"], yerr=agg["std"].fillna(0), color=c, marker=m, capsize=2, label=method)
+    ax.axvline(float(ok["eps"].iloc[0]), color="k", ls=":", lw=1, label="training eps")
+    ax.set_xlabel("eps (l_inf, pixel scale [0, 1])")
+    ax.set_ylabel("IBP-certified accuracy (%)")
+    ax.set_title(f"{dataset}, models trained for eps={eps_label}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
+def training_curves_plot(summary: pd.DataFrame, runs_root: Path, dataset: str, eps_label: str, path: Path) -> bool:
+    """Training loss, held-out clean accuracy and IBP-certified accuracy per epoch."""
+    ok = summary[(summary["status"] == "ok") & (summary["dataset"] == dataset) & (summary["eps_label"] == eps_label)]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    drawn = False
+    for _, r in ok.iterrows():
+        metrics = RunDir(runs_root / r["run_id"]).read_metrics()
+        if not metrics:
+            continue
+        m = pd.DataFrame(metrics)
+        c, mk = _style(r["method"])
+        label = f"{r['method']} s{r['seed']}"
+        axes[0].plot(m["epoch"], m["loss"], color=c, marker=mk, ms=4, label=label)
+        axes[1].plot(m["epoch"], m["val_clean"], color=c, marker=mk, ms=4, label=label)
+        axes[2].plot(m["epoch"], m["val_ibp_cert"], color=c, marker=mk, ms=4, label=label)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    for ax, title in zip(axes, ("training loss", "held-out clean accuracy (%)",
+                                "held-out IBP-certified accuracy (%) at the epoch's eps")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[2].legend(fontsize=7)
+    fig.suptitle(f"{dataset} eps={eps_label}: training curves")
+    _save(fig, path)
+    return True
+
+
+def build_figures(results_dir: Path | None = None, plots_dir: Path | None = None, runs_root: Path | None = None,
+                  log=print) -> list[Path]:
+    """Every figure from results/summary.csv and the run records; returns the files written."""
+    results_dir, plots_dir, runs_root = results_dir or RESULTS, plots_dir or PLOTS, runs_root or RUNS
+    summary_path = results_dir / "summary.csv"
+    if not summary_path.exists():
+        raise FileNotFoundError(f"{summary_path} does not exist; run `make tables` (or `make reproduce`) first")
+    summary = pd.read_csv(summary_path)
+    published = pd.read_csv(PUBLISHED)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    ok = summary[summary["status"] == "ok"]
+    for (dataset, label), _ in ok.groupby(["dataset", "eps_label"]):
+        slug = f"{dataset}_eps{str(label).replace('/', '-')}"
+        p = plots_dir / f"tradeoff_{slug}.png"
+        tradeoff_plot(summary, published, dataset, label, p)
+        written.append(p)
+        for name, fn in (("cert_vs_eps", eps_curve_plot), ("training_curves", training_curves_plot)):
+            p = plots_dir / f"{name}_{slug}.png"
+            if fn(summary, runs_root, dataset, label, p):
+                written.append(p)
+    log(f"wrote {len(written)} figure(s) to {plots_dir}")
+    return written

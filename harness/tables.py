@@ -1,0 +1,142 @@
+"""Result tables, built from stored run records only (no training, no certification).
+
+results/summary.csv          one tidy row per (profile, dataset, eps, method, arch, seed)
+results/summary_mean.csv     mean and standard deviation over seeds
+results/paper_comparison.csv our mean rows beside the published numbers of benchmarks/published.csv
+and a Markdown version of each (``.md``) for the README.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from harness.certify import CERTIFIERS, check_invariants, col, summarize
+from harness.config import BENCHMARKS, REPO, RUNS, Profile, load_profile
+from harness.train import RunDir, atomic_write_text
+
+RESULTS = REPO / "results"
+PUBLISHED = BENCHMARKS / "published.csv"
+
+KEYS = ["profile", "dataset", "eps", "eps_label", "method", "arch", "seed"]
+ACC_COLUMNS = ["clean_acc", "pgd_acc"] + [col(c) for c in CERTIFIERS]
+SUMMARY_COLUMNS = KEYS + ["status", "n_test"] + ACC_COLUMNS + [
+    "n_crown", "n_alpha_crown", "epochs", "train_time_s", "teacher_time_s", "cert_time_s", "run_id"]
+
+
+def dataset_unavailable(name: str) -> str | None:
+    """Why a dataset cannot be loaded here, or None when it can."""
+    from harness.data import DatasetUnavailableError, ensure_dataset
+
+    try:
+        ensure_dataset(name, allow_download=False)
+    except DatasetUnavailableError as e:
+        return str(e).splitlines()[0]
+    return None
+
+
+def profile_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
+    """Summary rows of one profile: measured where records exist, else the reason they don't."""
+    runs_root = runs_root or RUNS
+    rows = []
+    labels = {(s.dataset, s.eps): s.eps_label for s in profile.settings}
+    missing: dict[str, str | None] = {}
+    for cfg in profile.runs():
+        run = RunDir.of(cfg, runs_root)
+        row = {"profile": profile.name, "dataset": cfg.dataset, "eps": cfg.eps,
+               "eps_label": labels[(cfg.dataset, cfg.eps)], "method": cfg.method, "arch": cfg.arch,
+               "seed": cfg.seed, "epochs": cfg.epochs, "run_id": cfg.run_id}
+        meta_path = run.path / "certify.json"
+        if meta_path.exists() and (run.path / "certify.csv").exists():
+            df = pd.read_csv(run.path / "certify.csv")
+            check_invariants(df, where=f"run {cfg.run_id}")
+            meta = json.loads(meta_path.read_text())
+            manifest = run.read_manifest()
+            row.update(summarize(df))
+            row.update({"status": "ok", "n_crown": meta["n_crown"], "n_alpha_crown": meta["n_alpha_crown"],
+                        "train_time_s": manifest.get("train_time_s"),
+                        "teacher_time_s": manifest.get("teacher_train_time_s"),
+                        "cert_time_s": sum(meta["times_s"].values())})
+            for c in ("crown", "alpha-crown"):
+                if row[f"n_{c.replace('-', '_')}"] == 0:
+                    row[col(c)] = float("nan")
+        else:
+            if cfg.dataset not in missing:
+                missing[cfg.dataset] = dataset_unavailable(cfg.dataset)
+            reason = missing[cfg.dataset]
+            row["status"] = f"skipped: {reason}" if reason else "not run"
+        rows.append(row)
+    return rows
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table (empty cells for missing values)."""
+    def fmt(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, float):
+            return f"{v:.2f}"
+        return str(v).replace("|", "\\|")
+
+    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    return head + "".join("| " + " | ".join(fmt(v) for v in r) + " |\n" for r in df.itertuples(index=False))
+
+
+def _write(df: pd.DataFrame, path: Path) -> None:
+    atomic_write_text(path, df.to_csv(index=False))
+    atomic_write_text(path.with_suffix(".md"), _markdown(df))
+
+
+def build_tables(profiles: list[str] | None = None, runs_root: Path | None = None,
+                 results_dir: Path | None = None, log=print) -> dict[str, pd.DataFrame]:
+    """Build every table from stored records; returns them by name."""
+    results_dir = results_dir or RESULTS
+    results_dir.mkdir(parents=True, exist_ok=True)
+    names = profiles or sorted(p.stem for p in BENCHMARKS.glob("*.toml"))
+    rows = []
+    for name in names:
+        rows += profile_rows(load_profile(name), runs_root)
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    if profiles is None:  # all profiles: keep only those with at least one measured row
+        measured = set(summary.loc[summary["status"] == "ok", "profile"])
+        summary = summary[summary["profile"].isin(measured)]
+    summary = summary.sort_values(["profile", "dataset", "eps", "method", "seed"], kind="stable")
+
+    ok = summary[summary["status"] == "ok"]
+    group = ["profile", "dataset", "eps", "eps_label", "method", "arch"]
+    if len(ok):
+        agg = ok.groupby(group, sort=True)[ACC_COLUMNS].agg(["mean", "std"])
+        agg.columns = [f"{a}_{b}" for a, b in agg.columns]
+        agg = agg.reset_index()
+        agg.insert(len(group), "n_seeds", ok.groupby(group, sort=True).size().values)
+    else:
+        agg = pd.DataFrame(columns=group + ["n_seeds"] + [f"{a}_{b}" for a in ACC_COLUMNS for b in ("mean", "std")])
+
+    published = pd.read_csv(PUBLISHED)
+    best = _best_certified(agg)
+    comparison = best.merge(published.drop(columns=["eps"]), on=["dataset", "eps_label", "method"], how="left",
+                            suffixes=("", "_published"))
+    comparison = comparison.rename(columns={"arch_published": "published_arch", "clean_acc": "published_clean_acc",
+                                            "cert_acc": "published_cert_acc", "source": "published_source"})
+
+    tables = {"summary": summary, "summary_mean": agg, "paper_comparison": comparison}
+    for name, df in tables.items():
+        _write(df, results_dir / f"{name}.csv")
+    skipped = summary[summary["status"].str.startswith("skipped")]
+    for (ds, label), grp in skipped.groupby(["dataset", "eps_label"]):
+        log(f"skipped {ds} eps {label} ({len(grp)} runs): {grp['status'].iloc[0][len('skipped: '):]}")
+    log(f"wrote {', '.join(f'{n}.csv' for n in tables)} (+ .md) to {results_dir}")
+    return tables
+
+
+def _best_certified(agg: pd.DataFrame) -> pd.DataFrame:
+    """Our mean clean and best certified accuracy per setting (the certifier that certified most)."""
+    out = agg[["profile", "dataset", "eps", "eps_label", "method", "arch", "n_seeds",
+               "clean_acc_mean", "clean_acc_std", "pgd_acc_mean"]].copy()
+    cert_cols = [f"{col(c)}_mean" for c in ("ibp", "crown-ibp")]
+    out["cert_acc_mean"] = agg[cert_cols].max(axis=1) if len(agg) else []
+    out["cert_by"] = agg[cert_cols].idxmax(axis=1).str[len("cert_"):-len("_mean")] if len(agg) else []
+    return out
