@@ -81,7 +81,7 @@ def check_invariants(df: pd.DataFrame, where: str = "") -> None:
         name = col(c)
         if name not in df or df[name].isna().all():
             continue
-        cert = df[name].fillna(False).astype(bool)
+        cert = df[name] == 1  # NaN (not run) is not certified
         bad = df.index[cert & ~correct]
         if len(bad):
             raise InvariantError(f"{where}: {c} certifies misclassified sample(s) {list(df.loc[bad, 'index'][:5])}")

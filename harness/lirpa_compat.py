@@ -220,6 +220,9 @@ def _named_members(self: nn.Module, get_members_fn: Callable, prefix: str = "", 
 
 _JIT_DEPRECATION = r"`torch\.jit\.script` is deprecated"
 
+# What the runtime patches replaced, by patch name.
+_ORIGINALS: dict[str, Any] = {}
+
 
 def _lirpa_data_dir() -> str:
     """Where auto_LiRPA's (unused) appdirs user-data folder goes: under the temp dir, per user."""
@@ -304,6 +307,7 @@ def _runtime_fixes(lirpa: types.ModuleType) -> list[str]:
 
     bounded_module = lirpa.BoundedModule
     if needs_named_members_fix(bounded_module):
+        _ORIGINALS["named-members"] = inspect.getattr_static(bounded_module, "_named_members")
         bounded_module._named_members = _named_members
         applied.append("named-members")
 
@@ -314,6 +318,7 @@ def _runtime_fixes(lirpa: types.ModuleType) -> list[str]:
     if not already and clamp_gradient_vanishes_at_bounds():
         source = inspect.getsource(BoundRelu._relu_mask_alpha)
         if all(line in source for line in _RELU_MASK_ALPHA_EXPECTED):
+            _ORIGINALS["relu-alpha-clamp"] = current  # kept so tests can show what the patch fixes
             BoundRelu._relu_mask_alpha = staticmethod(_relu_mask_alpha)
             applied.append("relu-alpha-clamp")
         else:

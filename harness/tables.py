@@ -74,15 +74,16 @@ def profile_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
 
 def _markdown(df: pd.DataFrame) -> str:
     """A GitHub Markdown table (empty cells for missing values)."""
-    def fmt(v) -> str:
+    def fmt(name: str, v) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return ""
         if isinstance(v, float):
-            return f"{v:.2f}"
+            return f"{v:.4g}" if name == "eps" else f"{v:.2f}"
         return str(v).replace("|", "\\|")
 
     head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
-    return head + "".join("| " + " | ".join(fmt(v) for v in r) + " |\n" for r in df.itertuples(index=False))
+    return head + "".join("| " + " | ".join(fmt(c, v) for c, v in zip(df.columns, r)) + " |\n"
+                          for r in df.itertuples(index=False))
 
 
 def _write(df: pd.DataFrame, path: Path) -> None:

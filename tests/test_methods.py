@@ -1,0 +1,151 @@
+"""Each method's loss is the formula of shared/methods.md, computed independently here."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.attacks import pgd_attack
+from harness.bounds.ibp import ibp_bounds
+from harness.bounds.spec import input_box, spec_matrix
+from harness.methods import METHODS, Batch, make_method, robust_ce_from_margins
+from harness.models import build_model, frozen_batch_stats
+
+SHAPE = ((1, 28, 28), 10, [0.13], [0.31])
+EPS = 0.05
+
+
+@pytest.fixture()
+def setup():
+    torch.manual_seed(1)
+    student = build_model("cnn_small", *SHAPE).train()
+    teacher = build_model("cnn_small", *SHAPE).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(16, 1, 28, 28)
+    y = torch.randint(0, 10, (16,))
+    return student, teacher, x, y
+
+
+def _kl(t_logits, s_logits):
+    p = F.softmax(t_logits, 1)
+    return (p * (F.log_softmax(t_logits, 1) - F.log_softmax(s_logits, 1))).sum(1).mean()
+
+
+def _run(method, student, teacher, x, y, seed=7, restore=True):
+    """The method's loss; the student's BN running statistics are left as they were (for references)."""
+    state = copy.deepcopy(student.state_dict())
+    torch.manual_seed(seed)
+    try:
+        with frozen_batch_stats(student):
+            return method(Batch(student, x, y, EPS, 2 * EPS, teacher))
+    finally:
+        if restore:
+            student.load_state_dict(state)
+
+
+def _reference(student, teacher, x, y, alpha, w, variant="ad", seed=7):
+    torch.manual_seed(seed)
+    with frozen_batch_stats(student):
+        logits = student(x)
+        ce = F.cross_entropy(logits, y)
+        t = teacher(x)
+        x_adv = pgd_attack(student, x, y, EPS, steps=1)
+        if variant == "natkl":
+            l_ad = _kl(t, logits)
+        elif variant == "rslad":
+            l_ad = _kl(t, logits) / 6 + 5 * _kl(t, student(x_adv)) / 6
+        else:
+            l_ad = _kl(t, student(x_adv))
+        lo, hi = input_box(x, EPS)
+        m = ibp_bounds(student, lo, hi, spec_matrix(y, 10)).lower
+        l_ibp = F.cross_entropy(torch.cat([torch.zeros(len(y), 1), -m], 1), torch.zeros(len(y), dtype=torch.long))
+        inner = alpha * l_ibp + (1 - alpha) * l_ad if alpha > 0 else l_ad
+        return (1 - w) * ce + w * inner
+
+
+@pytest.mark.parametrize("alpha, w, variant", [(0.3, 1.0, "ad"), (0.3, 0.6, "ad"), (0.0, 0.8, "ad"),
+                                               (0.5, 1.0, "rslad"), (0.5, 1.0, "natkl")])
+def test_ad_cert_is_the_authors_loss(setup, alpha, w, variant):
+    student, teacher, x, y = setup
+    method = make_method("ad_cert", {"alpha": alpha, "robust_weight": w, "variant": variant, "regulariser": 0.0})
+    got = _run(method, student, teacher, x, y).loss
+    want = _reference(student, teacher, x, y, alpha, w, variant)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_ad_cert_teacher_is_frozen_and_gets_no_gradient(setup):
+    student, teacher, x, y = setup
+    before = [p.clone() for p in teacher.parameters()]
+    out = _run(make_method("ad_cert", {"alpha": 0.5}), student, teacher, x, y, restore=False)
+    out.loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+    assert not teacher.training
+    assert all(p.grad is not None for p in student.parameters())
+
+
+def test_ad_cert_teacher_matters(setup):
+    student, teacher, x, y = setup
+    other = build_model("cnn_small", *SHAPE).eval()
+    m = make_method("ad_cert", {"alpha": 0.2})
+    assert _run(m, student, teacher, x, y).loss.item() != pytest.approx(_run(m, student, other, x, y).loss.item())
+
+
+def test_mtl_ibp_is_alpha_ibp_plus_adversarial_ce(setup):
+    student, _, x, y = setup
+    got = _run(make_method("mtl_ibp", {"alpha": 0.4, "regulariser": 0.0}), student, None, x, y).loss
+    torch.manual_seed(7)
+    with frozen_batch_stats(student):
+        student(x)
+        x_adv = pgd_attack(student, x, y, EPS, steps=1)
+        lo, hi = input_box(x, EPS)
+        m = ibp_bounds(student, lo, hi, spec_matrix(y, 10)).lower
+        want = 0.4 * robust_ce_from_margins(m) + 0.6 * F.cross_entropy(student(x_adv), y)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_ibp_loss_is_ce_on_worst_case_margins_and_regulariser_fades(setup):
+    student, _, x, y = setup
+    m = torch.randn(16, 9)
+    ce = F.cross_entropy(torch.cat([torch.zeros(16, 1), -m], 1), torch.zeros(16, dtype=torch.long))
+    assert robust_ce_from_margins(m).item() == pytest.approx(ce.item(), rel=1e-6)
+    method = make_method("ibp", {"regulariser": 0.5})
+    with frozen_batch_stats(student):
+        mid = method(Batch(student, x, y, EPS, 2 * EPS))
+    with frozen_batch_stats(student):
+        end = method(Batch(student, x, y, 2 * EPS, 2 * EPS))
+    assert mid.terms["reg"] > 0 and end.terms["reg"] == 0
+
+
+def test_attacks_run_in_eval_mode_and_bn_statistics_come_from_the_clean_pass(setup):
+    student, _, x, y = setup
+    bn = student[2]
+    running = bn.running_mean.clone()
+    with frozen_batch_stats(student):
+        make_method("pgd", {"attack_steps": 2})(Batch(student, x, y, EPS, 2 * EPS))
+    # exactly one momentum update: the clean pass; attack (eval) and adversarial pass (frozen) add none
+    h = student[1](student[0](x))
+    expected = (1 - bn.momentum) * running + bn.momentum * h.mean((0, 2, 3))
+    assert torch.allclose(bn.running_mean, expected, atol=1e-6)
+    assert student.training
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("mtl_ibp", {"alpha": 2.0}, "alpha must lie in [0, 1]"),
+    ("ad_cert", {"teacher_input": "noisy"}, "teacher_input must be one of clean, adv"),
+    ("pgd", {"attack_steps": 0}, "attack_steps must be >= 1"),
+    ("sabr", {}, "unknown method 'sabr'"),
+])
+def test_bad_parameters_are_clear_errors(name, params, message):
+    with pytest.raises(ValueError) as e:
+        make_method(name, params)
+    assert message in str(e.value)
+
+
+def test_every_method_gives_a_finite_differentiable_loss(setup):
+    student, teacher, x, y = setup
+    for name, cls in METHODS.items():
+        out = _run(make_method(name), student, teacher if cls.needs_teacher else None, x, y)
+        assert torch.isfinite(out.loss) and out.loss.requires_grad, name

@@ -1,0 +1,86 @@
+"""Architectures, IBP initialisation and the clean-pass BatchNorm convention."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from harness.models import SUPPORTED_LAYERS, batchnorm_affine, build_model, frozen_batch_stats, ibp_init
+
+MNIST = ((1, 28, 28), 10, [0.1307], [0.3081])
+CIFAR = ((3, 32, 32), 10, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
+
+
+@pytest.mark.parametrize("arch", ["cnn_small", "cnn7", "mlp"])
+@pytest.mark.parametrize("shape", [MNIST, CIFAR])
+def test_architectures_map_images_to_logits(arch, shape):
+    model = build_model(arch, *shape, width=8 if arch == "cnn7" else None)
+    x = torch.rand(3, *shape[0])
+    assert model(x).shape == (3, 10)
+    assert all(isinstance(m, SUPPORTED_LAYERS) for m in model)
+
+
+def test_cnn7_is_the_published_layout():
+    model = build_model("cnn7", *CIFAR)
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 128]
+    assert [c.stride[0] for c in convs] == [1, 1, 2, 1, 1]
+    assert all(isinstance(model[i + 1], nn.BatchNorm2d) for i, m in enumerate(model) if isinstance(m, nn.Conv2d))
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    assert [lin.out_features for lin in linears] == [512, 10]
+    assert linears[0].in_features == 128 * 16 * 16
+
+
+def test_normalisation_is_the_first_layer():
+    model = build_model("cnn_small", *MNIST).eval()
+    x = torch.full((1, 1, 28, 28), 0.1307)
+    assert torch.allclose(model[0](x), torch.zeros_like(x), atol=1e-6)
+
+
+def test_unknown_architecture_lists_the_known_ones():
+    with pytest.raises(ValueError, match="known: cnn7, cnn_small, mlp"):
+        build_model("resnet", *MNIST)
+
+
+def test_ibp_init_draws_from_the_shi_et_al_normal():
+    torch.manual_seed(0)
+    model = build_model("cnn7", *CIFAR, width=16)
+    ibp_init(model)
+    layers = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for m in layers[:-1]:
+        fan_in = m.weight[0].numel()
+        assert m.weight.std().item() == pytest.approx(math.sqrt(2 * math.pi) / fan_in, rel=0.1)
+        assert (m.bias == 0).all()
+    assert layers[-1].weight.std().item() != pytest.approx(math.sqrt(2 * math.pi) / layers[-1].weight[0].numel(),
+                                                           rel=0.1)
+
+
+def test_frozen_batch_stats_reuse_the_clean_statistics():
+    torch.manual_seed(0)
+    model = build_model("cnn_small", *MNIST).train()
+    bn = model[2]
+    clean, other = torch.rand(16, 1, 28, 28), torch.rand(16, 1, 28, 28) * 0.2
+    with frozen_batch_stats(model):
+        model(clean)
+        running = bn.running_mean.clone()
+        out_other = model(other)  # must use the clean batch's statistics, not its own
+        assert torch.equal(bn.running_mean, running)  # running stats updated once (by the clean pass)
+        scale, shift = batchnorm_affine(bn)
+    h = model[1](model[0](clean))
+    mean, var = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)
+    assert torch.allclose(scale, bn.weight / torch.sqrt(var + bn.eps), atol=1e-5)
+    assert torch.allclose(shift, bn.bias - mean * scale, atol=1e-5)
+    with torch.no_grad():
+        ref = model(other)  # plain train mode: the other batch's own statistics
+    assert not torch.allclose(out_other, ref, atol=1e-3)
+    with pytest.raises(RuntimeError, match="clean-pass statistics"):
+        batchnorm_affine(bn)  # outside the block: no frozen statistics
+
+
+def test_frozen_batch_stats_gradients_reach_batchnorm_through_the_statistics():
+    model = build_model("cnn_small", *MNIST).train()
+    with frozen_batch_stats(model):
+        model(torch.rand(8, 1, 28, 28))
+        model(torch.rand(8, 1, 28, 28)).sum().backward()
+    assert model[2].weight.grad is not None and model[1].weight.grad.abs().sum() > 0

@@ -1,0 +1,133 @@
+"""End to end: the smoke profile through training, certification, tables and figures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.certify import CERTIFIERS, InvariantError, check_invariants, col, summarize
+from harness.config import load_profile
+from harness.pipeline import reproduce
+from harness.tables import SUMMARY_COLUMNS, build_tables
+from harness.train import RunDir
+
+REQUIRED = ["dataset", "eps", "method", "arch", "seed", "profile", "n_test", "clean_acc", "pgd_acc", "cert_ibp",
+            "cert_lirpa_ibp", "cert_crown_ibp", "cert_crown", "cert_alpha_crown", "n_crown", "train_time_s",
+            "teacher_time_s", "cert_time_s", "run_id"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    dirs = {"runs_root": root / "runs", "results_dir": root / "results", "plots_dir": root / "plots"}
+    logs: list[str] = []
+    t = time.perf_counter()
+    assert reproduce("smoke", device="cpu", log=logs.append, **dirs) == 0
+    return dirs, logs, time.perf_counter() - t
+
+
+def test_smoke_finishes_in_time(smoke):
+    _, _, seconds = smoke
+    assert seconds < 180
+
+
+def test_summary_schema_and_accuracy_order(smoke):
+    dirs, _, _ = smoke
+    df = pd.read_csv(dirs["results_dir"] / "summary.csv")
+    assert list(df.columns) == SUMMARY_COLUMNS
+    assert set(REQUIRED) <= set(df.columns)
+    profile = load_profile("smoke")
+    assert len(df) == len(profile.runs())
+    assert set(df["method"]) == {"standard", "pgd", "ibp", "mtl_ibp", "ad_cert"}
+    assert (df["status"] == "ok").all()
+    for _, r in df.iterrows():
+        assert 0 <= r["cert_ibp"] <= r["pgd_acc"] <= r["clean_acc"] <= 100
+        assert r["cert_ibp"] == r["cert_lirpa_ibp"]
+        assert r["cert_ibp"] <= r["cert_crown_ibp"] <= r["pgd_acc"]  # cumulative cascade
+        assert r["n_test"] == 200 and r["n_crown"] == 20
+        assert r["train_time_s"] > 0 and r["cert_time_s"] > 0
+    ad = df[df["method"] == "ad_cert"].iloc[0]
+    assert ad["teacher_time_s"] > 0
+    assert pd.isna(df[df["method"] == "standard"].iloc[0]["teacher_time_s"])  # empty, never 0
+    mean = pd.read_csv(dirs["results_dir"] / "summary_mean.csv")
+    assert {"clean_acc_mean", "clean_acc_std", "cert_ibp_mean", "n_seeds"} <= set(mean.columns)
+    comp = pd.read_csv(dirs["results_dir"] / "paper_comparison.csv")
+    assert {"published_clean_acc", "published_cert_acc", "published_source", "cert_acc_mean"} <= set(comp.columns)
+    for name in ("summary", "summary_mean", "paper_comparison"):
+        md = (dirs["results_dir"] / f"{name}.md").read_text()
+        assert md.startswith("| ") and md.count("\n") == len(pd.read_csv(dirs["results_dir"] / f"{name}.csv")) + 2
+
+
+def test_per_sample_records_hold_the_invariants(smoke):
+    dirs, _, _ = smoke
+    for cfg in load_profile("smoke").runs():
+        run = RunDir.of(cfg, dirs["runs_root"])
+        df = pd.read_csv(run.path / "certify.csv")
+        assert len(df) == 200
+        check_invariants(df)
+        for c in CERTIFIERS:
+            assert col(c) in df
+        # CROWN and alpha-CROWN verdicts exist exactly on their prefixes
+        assert df[col("crown")].notna().sum() == 20 and df[col("alpha-crown")].notna().sum() == 4
+
+
+def test_figures_are_written(smoke):
+    dirs, _, _ = smoke
+    names = sorted(p.name for p in dirs["plots_dir"].glob("*.png"))
+    assert names == ["cert_vs_eps_mnist_eps0.1.png", "tradeoff_mnist_eps0.1.png", "training_curves_mnist_eps0.1.png"]
+    for p in dirs["plots_dir"].glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_second_reproduce_does_no_work(smoke):
+    dirs, _, _ = smoke
+    run = RunDir.of(load_profile("smoke").runs()[0], dirs["runs_root"])
+    stamp = (run.checkpoint.stat().st_mtime_ns, (run.path / "certify.csv").stat().st_mtime_ns)
+    logs: list[str] = []
+    t = time.perf_counter()
+    reproduce("smoke", device="cpu", log=logs.append, **dirs)
+    assert time.perf_counter() - t < 30
+    assert any("0 to train" in line for line in logs)
+    assert (run.checkpoint.stat().st_mtime_ns, (run.path / "certify.csv").stat().st_mtime_ns) == stamp
+
+
+def _records(**cols) -> pd.DataFrame:
+    base = {"index": [0, 1], "label": [3, 4], "clean_pred": [3, 4], "pgd_robust": [True, True],
+            "cert_ibp": [1.0, 0.0], "cert_lirpa_ibp": [1.0, 0.0]}
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+@pytest.mark.parametrize("cols, message", [
+    ({"pgd_robust": [False, True]}, "PGD breaks"),
+    ({"clean_pred": [2, 4]}, "misclassified"),
+    ({"cert_lirpa_ibp": [0.0, 0.0]}, "disagree"),
+])
+def test_invariant_violations_are_fatal(cols, message):
+    check_invariants(_records())
+    with pytest.raises(InvariantError, match=message):
+        check_invariants(_records(**cols))
+
+
+def test_certifier_not_run_is_empty_not_zero():
+    s = summarize(_records(cert_crown=[float("nan")] * 2, cert_alpha_crown=[float("nan")] * 2,
+                           cert_crown_ibp=[1.0, 0.0]))
+    assert s["cert_ibp"] == 50.0 and pd.isna(s["cert_crown"]) and pd.isna(s["cert_alpha_crown"])
+
+
+def test_tables_rebuild_from_records_only(smoke, tmp_path):
+    dirs, _, _ = smoke
+    build_tables(["smoke"], runs_root=dirs["runs_root"], results_dir=tmp_path, log=lambda *_: None)
+    for name in ("summary.csv", "summary_mean.csv", "paper_comparison.csv", "summary.md"):
+        assert (tmp_path / name).read_text() == (dirs["results_dir"] / name).read_text()
+
+
+def test_missing_dataset_is_reported_as_skipped(tmp_path, monkeypatch):
+    from harness import tables
+
+    monkeypatch.setattr(tables, "dataset_unavailable", lambda name: "CIFAR-10 is not here; place it")
+    rows = tables.profile_rows(load_profile("smoke"), runs_root=tmp_path)
+    assert rows and all(r["status"] == "skipped: CIFAR-10 is not here; place it" for r in rows)
