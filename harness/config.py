@@ -46,6 +46,7 @@ class RunConfig:
     lr_milestones: tuple[int, ...] = ()
     lr_decay: float = 0.2
     grad_clip: float = 10.0
+    l1: float = 0.0                 # L1 penalty on Conv/Linear weights (MTL-IBP's published settings)
     train_eps_factor: float = 1.0   # training eps = factor * eps (e.g. 2 for MNIST 0.1, CC-IBP)
     eps_schedule: str = "smoothed"
     eps_ramp_start: float = 0.0     # epochs
@@ -81,7 +82,11 @@ class RunConfig:
             if key not in d:
                 raise ConfigError(f"run config is missing {key!r}")
         d = dict(d)
-        d["lr_milestones"] = tuple(d.get("lr_milestones", ()))
+        for f in fields(cls):  # 0 and 0.0 must give the same run id
+            if f.name in d and f.type in ("float", "int") and isinstance(d[f.name], (int, float)) \
+                    and not isinstance(d[f.name], bool):
+                d[f.name] = float(d[f.name]) if f.type == "float" else int(d[f.name])
+        d["lr_milestones"] = tuple(int(m) for m in d.get("lr_milestones", ()))
         d["params"] = {**method_defaults_checked(d["method"]), **dict(d.get("params", {}))}
         cfg = cls(**d)
         cfg.validate()
@@ -108,6 +113,8 @@ class RunConfig:
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.l1 < 0:
+            raise ConfigError(f"l1 must be >= 0, got {self.l1}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         try:
@@ -148,7 +155,6 @@ class Profile:
     seeds: tuple[int, ...]
     settings: tuple[Setting, ...]
     certify: dict[str, Any]
-    eps_sweep: tuple[float, ...] = ()       # extra eps fractions to certify each final model at (plots)
     path: Path | None = None
 
     def runs(self) -> list[RunConfig]:
@@ -219,7 +225,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     profile = Profile(
         name=prof.get("name", path.stem), description=prof.get("description", ""),
         seeds=tuple(prof.get("seeds", [0])), settings=tuple(settings), certify=raw.get("certify", {}),
-        eps_sweep=tuple(prof.get("eps_sweep", ())), path=path,
+        path=path,
     )
     profile.runs()  # validate every run now, before any work
     return profile

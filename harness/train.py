@@ -343,15 +343,17 @@ def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None
                          cfg.eps_schedule)
             with frozen_batch_stats(model):
                 out = method(Batch(model, x, y, eps, cfg.train_eps, teacher))
-            if not torch.isfinite(out.loss):
-                raise TrainingError(f"[{cfg.run_id}] loss became {float(out.loss)} at epoch {epoch + 1} step {i}; "
+            loss = out.loss + cfg.l1 * sum(m.weight.abs().sum() for m in model.modules()
+                                           if isinstance(m, (nn.Conv2d, nn.Linear))) if cfg.l1 else out.loss
+            if not torch.isfinite(loss):
+                raise TrainingError(f"[{cfg.run_id}] loss became {loss.item()} at epoch {epoch + 1} step {i}; "
                                     f"stopped; the checkpoint of epoch {epoch} is kept. Lower lr or check the data.")
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            sums["loss"] = sums.get("loss", 0.0) + out.loss.item() * len(y)
+            sums["loss"] = sums.get("loss", 0.0) + loss.item() * len(y)
             for k, v in out.terms.items():
                 sums[k] = sums.get(k, 0.0) + v * len(y)
             correct += int((out.clean_logits.argmax(1) == y).sum())
