@@ -145,6 +145,7 @@ def lirpa_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, meth
         if not alpha_lr > 0:
             raise ValueError(f"alpha_lr must be > 0, got {alpha_lr!r}")
     spec.check_batch(x, y)
+    x = x.detach()  # alpha-CROWN's internal backward passes must not reach the caller's graph
     lo, hi = spec.input_box(x, eps)
     _check_model(model, x)
     y = y.to(x.device)

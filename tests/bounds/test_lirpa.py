@@ -7,6 +7,8 @@ the MNIST-shaped cnn_small.
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -213,13 +215,26 @@ def test_cache_reused_and_refreshed_after_training_steps(data):
     assert lirpa._CACHE[model] is not entry
 
 
+def test_cache_does_not_keep_models_alive(data):
+    x, y = data
+    model = _tiny_model(seed=6)
+    lirpa_margin_bounds(model, x, y, EPS, "lirpa-ibp")
+    ref = weakref.ref(model)
+    assert model in lirpa._CACHE
+    del model
+    gc.collect()
+    assert ref() is None
+
+
 def test_caller_model_untouched(data):
     x, y = data
     model = _tiny_model(seed=4)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     ptrs = [p.data_ptr() for p in model.parameters()]
     flags = [m.training for m in model.modules()]
+    x = x.clone().requires_grad_(True)
     lirpa_margin_bounds(model, x, y, EPS, "alpha-crown", alpha_iterations=3)
+    assert x.grad is None
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
     assert ptrs == [p.data_ptr() for p in model.parameters()]
     assert flags == [m.training for m in model.modules()]
