@@ -86,7 +86,8 @@ def reproduce(profile_name: str, *, device: str = "auto", runs_root: Path | None
     weights = {r.run_id: _steps(r) * _step_cost(r) * calib[(r.dataset, r.arch, r.width,
                r.batch_size)] for r in pending}
     expected = sum(weights.values())
-    log(f"{len(runs)} runs in the plan, {len(todo) - len(pending)} already trained, {len(pending)} to train; "
+    log(f"{len(runs)} runs in the plan, {len(runs) - len(todo)} skipped (data missing), "
+        f"{len(todo) - len(pending)} already trained, {len(pending)} to train; "
         f"expected training time about {_fmt(expected)} on this machine (+ certification)")
     t_start = time.perf_counter()
     done_weight = 0.0

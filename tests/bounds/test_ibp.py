@@ -38,7 +38,9 @@ def exotic(in_shape: tuple[int, int, int], trailing_bn: bool) -> nn.Sequential:
         Normalize(*MNIST) if c == 1 else Normalize(*CIFAR),
         nn.Sequential(nn.Conv2d(c, 6, 3, padding=1), nn.ReLU()),
         nn.BatchNorm2d(6), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3, stride=2, bias=False), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * ((h // 2 - 3) // 2 + 1) ** 2, 20), nn.BatchNorm1d(20), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * ((h // 2 - 3) // 2 + 1) ** 2, 6), nn.BatchNorm1d(6), nn.ReLU(),
+        # batch >= 6: this BN folds into the weights, the one above into the outputs (both code paths)
+        nn.Linear(6, 20), nn.BatchNorm1d(20), nn.ReLU(),
         nn.Linear(20, K), *tail,
     )
 
@@ -187,9 +189,26 @@ def test_spec_folding_is_at_least_as_tight_as_subtracting(arch, in_shape, seed, 
     logits = box_bounds(model, x, y, 0.01, C=False)
     C = spec_matrix(y, K, x.dtype)
     # Interval arithmetic on the logit box: lower of C z = C+ l - C- u.
-    naive = torch.bmm(C.clamp(min=0), logits.lower.unsqueeze(-1)) + torch.bmm(C.clamp(max=0), logits.upper.unsqueeze(-1))
-    assert (folded.lower >= naive.squeeze(-1) - 1e-9).all()
-    assert (folded.lower > naive.squeeze(-1) + 1e-6).any(), "folding should be strictly tighter somewhere"
+    naive = (torch.bmm(C.clamp(min=0), logits.lower.unsqueeze(-1))
+             + torch.bmm(C.clamp(max=0), logits.upper.unsqueeze(-1))).squeeze(-1)
+    assert (folded.lower >= naive - 1e-9).all()
+    assert (folded.lower > naive + 1e-6).any(), "folding should be strictly tighter somewhere"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_no_grad_fast_path_equals_autograd_path(dtype):
+    """Under no_grad ibp_bounds updates its own tensors in place; the results must not change."""
+    for arch, seed, width in (("cnn7", 4, 8), ("exotic-bn", 6, None), ("mlp", 3, 16)):
+        model = make_model(arch, (1, 28, 28), seed, width, dtype)
+        x, y = make_batch(model, (1, 28, 28), 7, seed, dtype)
+        with_grad = box_bounds(model, x, y, 0.01)
+        with torch.no_grad():
+            fast = box_bounds(model, x, y, 0.01)
+        pairs = [(with_grad.lower, fast.lower), (with_grad.upper, fast.upper)]
+        pairs += [(a, b) for pa, pb in zip(with_grad.preact, fast.preact) for a, b in zip(pa, pb)]
+        assert len(fast.preact) == len(with_grad.preact)
+        for a, b in pairs:
+            assert torch.allclose(a.detach(), b, rtol=1e-6, atol=1e-6 * scale_of(a)), arch
 
 
 def test_eps_zero_gives_exact_margins_and_verdicts():
@@ -274,15 +293,16 @@ class _BoundsOf(nn.Module):
 def test_gradcheck_tiny_float64(kind):
     torch.manual_seed(3)
     if kind == "mlp":
+        # batch 8: the first BN folds into the outputs (72 weights > 48 outputs), the second into the weights
         net = nn.Sequential(Normalize((0.5,), (0.25,)), nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6),
-                            nn.ReLU(), nn.Linear(6, 4))
+                            nn.ReLU(), nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 4))
     else:
         net = nn.Sequential(Normalize((0.5,), (0.25,)), nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
                             nn.AvgPool2d(2), nn.Flatten(), nn.BatchNorm1d(6), nn.Linear(6, 4))
     randomize_batchnorm(net, torch.Generator().manual_seed(3))
     net = net.double().eval()
-    x = torch.rand(3, 1, 3, 4, dtype=torch.float64) if kind == "mlp" else torch.rand(3, 1, 4, 3, dtype=torch.float64)
-    y = torch.tensor([0, 2, 3])
+    x = torch.rand(8, 1, 3, 4, dtype=torch.float64) if kind == "mlp" else torch.rand(3, 1, 4, 3, dtype=torch.float64)
+    y = torch.tensor([0, 2, 3, 1, 1, 0, 3, 2])[:len(x)]
     lo, hi = input_box(x, 0.05)
     C = spec_matrix(y, 4, torch.float64)
     pre = ibp_bounds(net, lo, hi, C).preact
