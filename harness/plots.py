@@ -40,28 +40,49 @@ def _cert_column(df: pd.DataFrame) -> str:
     return "cert_crown_ibp" if df["cert_crown_ibp"].notna().any() else "cert_ibp"
 
 
-def tradeoff_plot(summary: pd.DataFrame, published: pd.DataFrame, dataset: str, eps_label: str, path: Path) -> None:
-    """Clean vs certified accuracy, one marker per method (mean +- std over seeds), published points hollow."""
-    ok = summary[(summary["status"] == "ok") & (summary["dataset"] == dataset) & (summary["eps_label"] == eps_label)]
-    cert = _cert_column(ok)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+def _draw_ours(ax, ok: pd.DataFrame, cert: str, annotate: bool = False) -> None:
     for (profile, arch, method), g in ok.groupby(["profile", "arch", "method"]):
         c, m = _style(method)
-        ax.errorbar(g[cert].mean(), g["clean_acc"].mean(), xerr=g[cert].std() if len(g) > 1 else None,
+        x, y = g[cert].mean(), g["clean_acc"].mean()
+        ax.errorbar(x, y, xerr=g[cert].std() if len(g) > 1 else None,
                     yerr=g["clean_acc"].std() if len(g) > 1 else None, fmt=m, color=c, ms=9, capsize=3,
-                    label=f"{method} (ours, {arch}, n={len(g)})")
+                    zorder=4 if method == "ad_cert" else 3, alpha=0.9, label=f"{method} (ours, {arch}, n={len(g)})")
+        if annotate:
+            ax.annotate(method, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8, color=c)
+
+
+def tradeoff_plot(summary: pd.DataFrame, published: pd.DataFrame, dataset: str, eps_label: str, path: Path) -> None:
+    """Clean vs certified accuracy, one marker per method (mean +- std over seeds), published points hollow.
+
+    A second panel zooms on our certified-training methods, which otherwise sit on top of each other.
+    """
+    ok = summary[(summary["status"] == "ok") & (summary["dataset"] == dataset) & (summary["eps_label"] == eps_label)]
+    cert = _cert_column(ok)
+    certified = ok[ok.groupby("method")[cert].transform("mean") > 0]
+    zoom = certified["method"].nunique() >= 2
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(12 if zoom else 6, 4.8), squeeze=False)
+    ax = axes[0, 0]
+    _draw_ours(ax, ok, cert)
     pub = published[(published["dataset"] == dataset) & (published["eps_label"] == eps_label)]
     for _, r in pub.iterrows():
         c, m = _style(r["method"])
         ax.plot(r["cert_acc"], r["clean_acc"], m, mfc="none", mec=c, ms=9, mew=1.5,
                 label=f"{r['method']} (published, {r['arch']})")
-    ax.set_xlabel(f"certified accuracy (%), {'IBP + CROWN-IBP' if cert == 'cert_crown_ibp' else 'IBP'} (ours)")
+    xlabel = f"certified accuracy (%), {'IBP + CROWN-IBP' if cert == 'cert_crown_ibp' else 'IBP'} (ours)"
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("standard (clean) accuracy (%)")
     ax.set_title(f"{dataset} eps={eps_label}: accuracy vs certified robustness\n(up and right is better)")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
     ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="best")
+    if zoom:
+        ax = axes[0, 1]
+        _draw_ours(ax, certified, cert, annotate=True)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("standard (clean) accuracy (%)")
+        ax.set_title("zoom: our certified-training methods\n(mean +- std over seeds)")
+        ax.grid(alpha=0.3)
     _save(fig, path)
 
 
