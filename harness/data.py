@@ -225,11 +225,8 @@ _MD5_SEEN: dict[tuple[str, int, int], str] = {}
 
 def md5_file(path: PathLike) -> str:
     """Hex md5 of a file's content."""
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _read_cache(folder: Path) -> dict:

@@ -189,12 +189,15 @@ class MTLIBP(_Expressive):
 
     name: ClassVar[str] = "mtl_ibp"
 
+    def combine(self, robust: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        return self.alpha * robust + (1 - self.alpha) * adv
+
     def __call__(self, b: Batch) -> LossOut:
         logits, ce = _clean(b)
         x_adv = _attack(b, self)
         _, robust, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
         adv = F.cross_entropy(b.model(x_adv), b.y)
-        loss = self.alpha * robust + (1 - self.alpha) * adv + reg
+        loss = self.combine(robust, adv) + reg
         return LossOut(loss, {"loss_clean": ce.item(), "loss_adv": adv.item(), **terms}, logits)
 
 
@@ -215,18 +218,13 @@ class CCIBP(_Expressive):
 
 
 @dataclass
-class ExpIBP(_Expressive):
-    """Exp-IBP: L_IBP^alpha * L_adv^(1 - alpha)."""
+class ExpIBP(MTLIBP):
+    """Exp-IBP: L_IBP^alpha * L_adv^(1 - alpha) (MTL-IBP's terms, combined multiplicatively)."""
 
     name: ClassVar[str] = "exp_ibp"
 
-    def __call__(self, b: Batch) -> LossOut:
-        logits, ce = _clean(b)
-        x_adv = _attack(b, self)
-        _, robust, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
-        adv = F.cross_entropy(b.model(x_adv), b.y)
-        loss = robust.clamp_min(1e-12) ** self.alpha * adv.clamp_min(1e-12) ** (1 - self.alpha) + reg
-        return LossOut(loss, {"loss_clean": ce.item(), "loss_adv": adv.item(), **terms}, logits)
+    def combine(self, robust: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        return robust.clamp_min(1e-12) ** self.alpha * adv.clamp_min(1e-12) ** (1 - self.alpha)
 
 
 AD_VARIANTS = ("ad", "rslad", "natkl")
