@@ -70,14 +70,14 @@ def cmd_certify(args: argparse.Namespace) -> int:
 def cmd_tables(args: argparse.Namespace) -> int:
     from harness.tables import build_tables
 
-    build_tables(args.profile or None, runs_root=Path(args.runs) if args.runs else None)
+    build_tables(args.profile or None, runs_root=_opt(args.runs), results_dir=_opt(args.results))
     return 0
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from harness.plots import build_figures
 
-    build_figures(runs_root=Path(args.runs) if args.runs else None)
+    build_figures(runs_root=_opt(args.runs), results_dir=_opt(args.results), plots_dir=_opt(args.plots))
     return 0
 
 
@@ -96,7 +96,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from harness.pipeline import reproduce
 
-    return reproduce(args.profile, device=args.device, runs_root=Path(args.runs) if args.runs else None)
+    return reproduce(args.profile, device=args.device, runs_root=_opt(args.runs), results_dir=_opt(args.results),
+                     plots_dir=_opt(args.plots))
+
+
+def _opt(path: str | None) -> Path | None:
+    return Path(path) if path else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,10 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset", action="append", help="mnist, fashion-mnist or cifar10 (repeatable)")
     d.set_defaults(fn=cmd_data)
 
-    def common(sp, device=True):
+    def common(sp, device=True, outputs=False):
         if device:
             sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
         sp.add_argument("--runs", help="runs folder (default: runs/)")
+        if outputs:
+            sp.add_argument("--results", help="tables folder (default: results/)")
+            sp.add_argument("--plots", help="figures folder (default: plots/)")
 
     t = sub.add_parser("train", help="train (or resume) one run config, or every run of a profile")
     t.add_argument("config", nargs="?", help="run config file (.toml or .json)")
@@ -127,11 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tb = sub.add_parser("tables", help="rebuild results/*.csv from stored records")
     tb.add_argument("--profile", action="append", help="limit to these profiles (default: all with results)")
-    common(tb, device=False)
+    common(tb, device=False, outputs=True)
     tb.set_defaults(fn=cmd_tables)
 
     f = sub.add_parser("figures", help="rebuild plots/*.png from stored records")
-    common(f, device=False)
+    common(f, device=False, outputs=True)
     f.set_defaults(fn=cmd_figures)
 
     b = sub.add_parser("bench", help="speed benchmarks (medians, one process)")
@@ -142,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("reproduce", help="data, training, certification, tables and figures of a profile")
     r.add_argument("--profile", default="cpu", help="smoke, cpu or paper (benchmarks/<name>.toml)")
-    common(r)
+    common(r, outputs=True)
     r.set_defaults(fn=cmd_reproduce)
     return p
 

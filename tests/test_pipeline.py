@@ -131,3 +131,31 @@ def test_missing_dataset_is_reported_as_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(tables, "dataset_unavailable", lambda name: "CIFAR-10 is not here; place it")
     rows = tables.profile_rows(load_profile("smoke"), runs_root=tmp_path)
     assert rows and all(r["status"] == "skipped: CIFAR-10 is not here; place it" for r in rows)
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=repo, capture_output=True, text=True)
+
+
+def test_cli_stages_run_from_stored_records(smoke, tmp_path):
+    dirs, _, _ = smoke
+    runs, res, plots = str(dirs["runs_root"]), str(tmp_path / "results"), str(tmp_path / "plots")
+    r = _cli("train", "--profile", "smoke", "--runs", runs, "--device", "cpu")
+    assert r.returncode == 0 and "finished earlier" in r.stdout + r.stderr
+    run_id = load_profile("smoke").runs()[2].run_id
+    r = _cli("certify", run_id, "--profile", "smoke", "--runs", runs, "--device", "cpu")
+    assert r.returncode == 0 and '"clean_acc"' in r.stdout
+    r = _cli("tables", "--profile", "smoke", "--runs", runs, "--results", res)
+    assert r.returncode == 0 and (tmp_path / "results" / "summary.csv").exists()
+    r = _cli("figures", "--runs", runs, "--results", res, "--plots", plots)
+    assert r.returncode == 0 and len(list((tmp_path / "plots").glob("*.png"))) == 3
+    r = _cli("reproduce", "--profile", "smoke", "--runs", runs, "--results", res, "--plots", plots, "--device", "cpu")
+    assert r.returncode == 0 and "0 to train" in r.stdout
+    r = _cli("certify", "no-such-run", "--runs", runs)
+    assert r.returncode != 0 and "no run 'no-such-run'" in r.stderr
+    r = _cli("reproduce", "--profile", "nope")
+    assert r.returncode != 0 and "no profile 'nope'" in r.stderr and "Traceback" not in r.stderr
