@@ -149,3 +149,25 @@ def test_every_method_gives_a_finite_differentiable_loss(setup):
     for name, cls in METHODS.items():
         out = _run(make_method(name), student, teacher if cls.needs_teacher else None, x, y)
         assert torch.isfinite(out.loss) and out.loss.requires_grad, name
+
+
+def test_shi_regularisers_match_the_formula_by_boolean_selection():
+    from harness.methods import shi_regularisers
+
+    torch.manual_seed(3)
+    preact = []
+    for shape in [(8, 4, 6, 6), (8, 20)]:
+        a, b = torch.randn(shape), torch.randn(shape).abs()
+        preact.append((a - b, a + b))
+    r0 = torch.tensor(0.3)
+    tol = 0.5
+    tight, relu = [], []
+    for lo, hi in preact:
+        c, r = (hi + lo) / 2, (hi - lo) / 2
+        tight.append(torch.relu(tol - r0 / r.mean()) / tol)
+        ca, ci = c[lo > 0], c[hi < 0]
+        a = ca.mean() / -ci.mean()
+        v = ca.var() / ci.var()
+        relu.append((torch.relu(tol - torch.minimum(a, 1 / a)) + torch.relu(tol - torch.minimum(v, 1 / v))) / tol)
+    want = torch.stack(tight).mean() + torch.stack(relu).mean()
+    assert shi_regularisers(preact, r0, tol).item() == pytest.approx(want.item(), rel=1e-5)
