@@ -22,7 +22,7 @@ import torch
 
 from harness.attacks import pgd_robust
 from harness.bounds import certify as certify_batch
-from harness.train import RunDir, load_model, resolve_device, write_json
+from harness.train import RunDir, atomic_write_text, load_model, resolve_device, write_json
 
 # Column names of the per-sample records (one place).
 CERTIFIERS = ("ibp", "lirpa-ibp", "crown-ibp", "crown", "alpha-crown")
@@ -195,9 +195,7 @@ def certify_run(run: RunDir, settings: CertifySettings, *, device: str = "auto",
         sweep.append({"eps": eps * frac, "fraction": frac, "n": m, "cert_ibp": 100 * cert / max(m, 1),
                       "time_s": time.perf_counter() - t0})
 
-    tmp = out_csv.with_name(".certify.csv.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out_csv)
+    atomic_write_text(out_csv, df.to_csv(index=False))
     meta = {"run_id": run.path.name, "settings": settings.to_dict(), "eps": eps, "n_test": n,
             "device": str(dev), "times_s": times, "eps_sweep": sweep,
             "n_crown": int(min(settings.n_crown, n)), "n_alpha_crown": int(min(settings.n_alpha_crown, n))}

@@ -25,9 +25,7 @@ Measurement choices:
 from __future__ import annotations
 
 import math
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -202,13 +200,8 @@ def _log_targets(df: pd.DataFrame, log: Callable[[str], None]) -> None:
 
 
 def _write_csv_atomic(df: pd.DataFrame, out: Path) -> None:
-    """Write through a temporary file in the same folder and a rename, so no reader sees half a file."""
+    """Write the table atomically (temporary file, then rename), creating its folder."""
+    from harness.train import atomic_write_text
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, df.to_csv(index=False))

@@ -34,7 +34,7 @@ def bench_train(device: str = "auto", repeats: int = 7, batch: int = 128, out: P
                 models=MODELS, log=print) -> pd.DataFrame:
     """Median seconds of one optimiser step (loss, backward, clip, Adam) per method and model."""
     from harness.data import get_info
-    from harness.train import resolve_device
+    from harness.train import atomic_write_text, resolve_device
 
     dev = resolve_device(device)
     info = get_info("mnist")
@@ -77,8 +77,6 @@ def bench_train(device: str = "auto", repeats: int = 7, batch: int = 128, out: P
             f"ad_cert/mtl_ibp {sub['ad_cert-1'] / sub['mtl_ibp-1']:.2f}x (target <= 1.3)")
     out = out or REPO / "results" / "bench_train.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out)
+    atomic_write_text(out, df.to_csv(index=False))
     log(f"wrote {out}")
     return df
