@@ -106,6 +106,29 @@ def ibp_init(model: nn.Module) -> None:
                 m.bias.zero_()
 
 
+def clean_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (biased) variance of the clean pass's input to ``bn``, inside :func:`frozen_batch_stats`.
+
+    Computed on first use, not in the clean pass itself: a step whose only training-mode forward is the
+    clean one (standard, PGD-AT) never pays for them. They stay in the autograd graph (as auto_LiRPA's
+    BatchNorm does with its batch statistics), so a bound pass's gradient reaches the layers before.
+    Two passes (mean, then the mean of squared deviations) because torch's one-call ``var`` over
+    (N, H, W) is several times slower on the CPU, and because ``E[x^2] - E[x]^2`` can cancel.
+    """
+    stats = getattr(bn, "_frozen_stats", None)
+    if stats is None:
+        x = getattr(bn, "_clean_input", None)
+        if x is None:
+            raise RuntimeError("BatchNorm in training mode has no clean-pass statistics: run the clean "
+                               "forward inside harness.models.frozen_batch_stats(model) first")
+        dims = [0] + list(range(2, x.dim()))
+        with torch.enable_grad():  # first use may sit under no_grad; a later grad-enabled pass needs the graph
+            mean = x.mean(dims, keepdim=True)
+            dev = x - mean
+            stats = bn._frozen_stats = (mean.flatten(), (dev * dev).mean(dims))
+    return stats
+
+
 def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-channel (scale, shift) a BatchNorm applies now.
 
@@ -113,11 +136,7 @@ def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor,
     :func:`frozen_batch_stats` (an error otherwise, since a bound pass must not compute its own).
     """
     if bn.training:
-        stats = getattr(bn, "_frozen_stats", None)
-        if stats is None:
-            raise RuntimeError("BatchNorm in training mode has no clean-pass statistics: run the clean "
-                               "forward inside harness.models.frozen_batch_stats(model) first")
-        mean, var = stats
+        mean, var = clean_batch_stats(bn)
     else:
         mean, var = bn.running_mean, bn.running_var
     scale = torch.rsqrt(var + bn.eps)
@@ -144,9 +163,8 @@ def frozen_batch_stats(model: nn.Module) -> Iterator[None]:
         def forward(x):
             if not bn.training:
                 return original(x)
-            if getattr(bn, "_frozen_stats", None) is None:
-                dims = [0] + list(range(2, x.dim()))
-                bn._frozen_stats = (x.mean(dims), x.var(dims, unbiased=False))
+            if getattr(bn, "_clean_input", None) is None:
+                bn._clean_input = x  # statistics computed from it on first use (clean_batch_stats)
                 return original(x)
             # (x - mean) / sqrt(var + eps) * w + b with the clean-pass statistics, which stay in the
             # autograd graph (F.batch_norm refuses statistics that require grad)
@@ -156,14 +174,14 @@ def frozen_batch_stats(model: nn.Module) -> Iterator[None]:
         return forward
 
     for bn in bns:
-        bn._frozen_stats = None
+        bn._clean_input = bn._frozen_stats = None
         bn.forward = make_forward(bn, bn.forward)
     try:
         yield
     finally:
         for bn in bns:
             del bn.forward  # back to the class method
-            bn._frozen_stats = None
+            bn._clean_input = bn._frozen_stats = None
 
 
 def count_parameters(model: nn.Module) -> int:

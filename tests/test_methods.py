@@ -151,23 +151,58 @@ def test_every_method_gives_a_finite_differentiable_loss(setup):
         assert torch.isfinite(out.loss) and out.loss.requires_grad, name
 
 
-def test_shi_regularisers_match_the_formula_by_boolean_selection():
-    from harness.methods import shi_regularisers
-
-    torch.manual_seed(3)
-    preact = []
-    for shape in [(8, 4, 6, 6), (8, 20)]:
-        a, b = torch.randn(shape), torch.randn(shape).abs()
-        preact.append((a - b, a + b))
-    r0 = torch.tensor(0.3)
-    tol = 0.5
+def _shi_by_selection(preact, r0, tol):
+    """Shi et al.'s regularisers written the obvious way (methods.md), by boolean selection."""
     tight, relu = [], []
     for lo, hi in preact:
         c, r = (hi + lo) / 2, (hi - lo) / 2
         tight.append(torch.relu(tol - r0 / r.mean()) / tol)
         ca, ci = c[lo > 0], c[hi < 0]
-        a = ca.mean() / -ci.mean()
-        v = ca.var() / ci.var()
-        relu.append((torch.relu(tol - torch.minimum(a, 1 / a)) + torch.relu(tol - torch.minimum(v, 1 / v))) / tol)
-    want = torch.stack(tight).mean() + torch.stack(relu).mean()
-    assert shi_regularisers(preact, r0, tol).item() == pytest.approx(want.item(), rel=1e-5)
+        term = torch.zeros(())
+        if ca.numel() and ci.numel():
+            a = ca.mean() / -ci.mean()
+            term = term + torch.relu(tol - torch.minimum(a, 1 / a))
+            if ca.numel() > 1 and ci.numel() > 1:
+                v = ca.var() / ci.var()
+                term = term + torch.relu(tol - torch.minimum(v, 1 / v))
+        relu.append(term / tol)
+    return torch.stack(tight).mean() + torch.stack(relu).mean()
+
+
+@pytest.mark.parametrize("offset,r0", [(0.0, 0.1), (2.0, 0.3), (-1.5, 0.1), (0.0, 5.0)])
+def test_shi_regularisers_match_the_formula_by_boolean_selection(offset, r0):
+    """Value and gradient, with centers off zero (moments must not cancel) and every term active somewhere."""
+    from harness.methods import shi_regularisers
+
+    torch.manual_seed(3)
+    leaves = []
+    for shape in [(8, 4, 6, 6), (8, 20), (16, 8, 5, 5)]:
+        a, b = torch.randn(shape) * 1.7 + offset, torch.randn(shape).abs() * 0.5
+        a = torch.where(a > 0, 3 * a, a)  # unbalanced active/inactive means and variances: L_relu > 0
+        leaves.append((a.requires_grad_(), b.requires_grad_()))
+    cl = leaves[2][0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    leaves[2] = (cl, leaves[2][1])  # a channels-last layer, as the own IBP produces on the CPU
+    preact = [(a - b, a + b) for a, b in leaves]
+    r0 = torch.tensor(r0)
+    got = shi_regularisers(preact, r0, 0.5)
+    want = _shi_by_selection(preact, r0, 0.5)
+    assert want.item() > 0.05  # the comparison is not of two zeros
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    params = [t for pair in leaves for t in pair]
+    g_got = torch.autograd.grad(got, params)
+    g_want = torch.autograd.grad(want, params)
+    for g1, g2 in zip(g_got, g_want):
+        assert torch.allclose(g1, g2, rtol=1e-4, atol=1e-7)
+
+
+def test_shi_regularisers_skip_a_layer_without_active_or_inactive_units():
+    from harness.methods import shi_regularisers
+
+    torch.manual_seed(0)
+    lo = torch.rand(4, 10) + 0.1          # every unit active: no L_relu term for this layer
+    one = torch.tensor([[-1.0, 2.0, 0.5]]), torch.tensor([[-0.5, 3.0, 1.0]])  # one inactive, one active unit
+    preact = [(lo, lo + 1), one]
+    r0 = torch.tensor(0.2)
+    got = shi_regularisers(preact, r0, 0.5)
+    assert torch.isfinite(got)
+    assert got.item() == pytest.approx(_shi_by_selection(preact, r0, 0.5).item(), rel=1e-6)

@@ -84,3 +84,23 @@ def test_frozen_batch_stats_gradients_reach_batchnorm_through_the_statistics():
         model(torch.rand(8, 1, 28, 28))
         model(torch.rand(8, 1, 28, 28)).sum().backward()
     assert model[2].weight.grad is not None and model[1].weight.grad.abs().sum() > 0
+
+
+def test_frozen_statistics_first_used_under_no_grad_keep_their_gradient():
+    """Statistics are computed on first use; a first use under no_grad (say, a monitoring pass) must not
+    cache a graph-less copy that would silently cut the gradient of a later training pass."""
+    x, other = torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28)
+
+    def grads(peek_first: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model("cnn_small", *MNIST).train()
+        with frozen_batch_stats(model):
+            model(x)
+            if peek_first:
+                with torch.no_grad():
+                    model(other)
+            model(other).square().sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    for with_peek, plain in zip(grads(True), grads(False)):
+        assert torch.allclose(with_peek, plain, rtol=1e-5, atol=1e-7)

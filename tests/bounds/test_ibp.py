@@ -10,7 +10,7 @@ from torch import nn
 from harness.bounds import certify, margin_lower_bounds
 from harness.bounds.ibp import IBPBounds, UnsupportedLayerError, flatten_layers, ibp_bounds
 from harness.bounds.spec import input_box, spec_matrix
-from harness.models import Normalize, build_model, frozen_batch_stats
+from harness.models import Normalize, build_model, clean_batch_stats, frozen_batch_stats
 
 MNIST = ((0.1307,), (0.3081,))
 CIFAR = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -245,7 +245,7 @@ def test_train_mode_uses_frozen_clean_statistics():
     with frozen_batch_stats(model):
         with torch.no_grad():
             model(x)
-        stats = [m._frozen_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d)]
+        stats = [clean_batch_stats(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d)]
         train_bounds = box_bounds(model, x, y, 0.01)
     for m, (mean, var) in zip([m for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d)], stats):
         m.running_mean.copy_(mean)
