@@ -251,8 +251,8 @@ class MTLIBP(_Expressive):
     def __call__(self, b: Batch) -> LossOut:
         logits, ce = _clean(b)
         x_adv = _attack(b, self)
-        _, robust, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
         adv = F.cross_entropy(b.model(x_adv), b.y)
+        _, robust, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
         loss = self.combine(robust, adv) + reg
         return LossOut(loss, {"loss_clean": ce.item(), "loss_adv": adv.item(), **terms}, logits)
 
