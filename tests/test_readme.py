@@ -29,3 +29,34 @@ def test_readme_python_commands_are_known_subcommands():
     choices = build_parser()._subparsers._group_actions[0].choices
     for cmd in re.findall(r"^python -m harness (\w+)", README, re.M):
         assert cmd in choices, cmd
+
+
+def committed_csv(rel: str):
+    """A CSV as committed (``git show HEAD:...``), so that a local ``make reproduce`` or ``make bench``,
+    which rewrites results/, does not make these tests fail; the working copy outside a git checkout."""
+    import io
+
+    import pandas as pd
+
+    r = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=REPO, capture_output=True, text=True)
+    return pd.read_csv(io.StringIO(r.stdout) if r.returncode == 0 else REPO / rel)
+
+
+def shown_between(begin: str, end: str) -> str:
+    return README[README.index(begin) + len(begin):README.index(end)].strip() + "\n"
+
+
+def test_readme_results_table_is_the_committed_summary():
+    """The numbers in the README's results table are exactly those of results/summary_mean.csv."""
+    from harness.config import load_profile
+    from harness.tables import README_BEGIN, README_END, readme_results_table
+
+    want = readme_results_table(committed_csv("results/summary_mean.csv"), load_profile("cpu"))
+    assert want.count("\n") > 10  # the committed results hold the cpu profile's rows
+    assert shown_between(README_BEGIN, README_END) == want
+
+
+def test_readme_speed_table_is_the_committed_benchmark():
+    from harness.bench.train import README_BEGIN, README_END, readme_speed_table
+
+    assert shown_between(README_BEGIN, README_END) == readme_speed_table(committed_csv("results/bench_train.csv"))
