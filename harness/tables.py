@@ -72,8 +72,8 @@ def profile_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
     return rows
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    """A GitHub Markdown table (empty cells for missing values)."""
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table (empty cells for missing values; floats to 2 decimals, eps to 4 digits)."""
     def fmt(name: str, v) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return ""
@@ -88,7 +88,7 @@ def _markdown(df: pd.DataFrame) -> str:
 
 def _write(df: pd.DataFrame, path: Path) -> None:
     atomic_write_text(path, df.to_csv(index=False))
-    atomic_write_text(path.with_suffix(".md"), _markdown(df))
+    atomic_write_text(path.with_suffix(".md"), markdown_table(df))
 
 
 def build_tables(profiles: list[str] | None = None, runs_root: Path | None = None,
@@ -161,7 +161,7 @@ def readme_results_table(agg: pd.DataFrame, profile: Profile) -> str:
             f"+ CROWN (first {cs.n_crown})", f"+ alpha-CROWN (first {cs.n_alpha_crown})"]
     cols = ["clean_acc", "pgd_acc", col("ibp"), col("crown-ibp"), col("crown"), col("alpha-crown")]
     mine = agg[agg["profile"] == profile.name]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for s in profile.settings:
         for method in s.methods:
             row = mine[(mine["dataset"] == s.dataset) & (mine["eps_label"].astype(str) == s.eps_label)
@@ -169,7 +169,7 @@ def readme_results_table(agg: pd.DataFrame, profile: Profile) -> str:
             if row.empty:
                 continue
             r = row.iloc[0]
-            cells = [f"{r[f'{c}_mean']:.2f} ± {r[f'{c}_std']:.2f}" if not math.isnan(r[f"{c}_mean"]) else ""
-                     for c in cols]
-            lines.append("| " + " | ".join([s.dataset, s.eps_label, method] + cells) + " |")
-    return "\n".join(lines) + "\n"
+            rows.append([s.dataset, s.eps_label, method] + [
+                f"{r[f'{c}_mean']:.2f} ± {r[f'{c}_std']:.2f}" if not math.isnan(r[f"{c}_mean"]) else ""
+                for c in cols])
+    return markdown_table(pd.DataFrame(rows, columns=head))

@@ -216,6 +216,7 @@ def readme_speed_table(df: pd.DataFrame) -> str:
         ["PGD-AT, 10 steps", *cells("pgd-10")],
         ["AD-CERT / MTL-IBP (1-step attack)", *cells("ad_cert-1", "mtl_ibp-1")],
     ]
+    from harness.tables import markdown_table
+
     head = ["step", "small CNN: time", "arithmetic", "CNN7 (width 64): time", "arithmetic"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    return markdown_table(pd.DataFrame(rows, columns=head))
