@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 USAGE_ERROR = 2
@@ -16,68 +15,62 @@ def _err(msg: str) -> int:
     return USAGE_ERROR
 
 
+def _opt(path: str | None) -> Path | None:
+    return Path(path) if path else None
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from harness.data import main_data
 
     return main_data(args.dataset or ["mnist", "fashion-mnist"])
 
 
-def _load_run_config(path: Path):
-    from harness.config import ConfigError, RunConfig
-
-    if not path.exists():
-        raise ConfigError(f"run config file {path} does not exist")
-    text = path.read_text()
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: cannot parse: {e}") from None
-    return RunConfig.from_dict(raw)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness.config import load_profile
+    from harness.config import load_profile, load_run_config
     from harness.train import train
 
     if args.profile:
         configs = load_profile(args.profile).runs()
     elif args.config:
-        configs = [_load_run_config(Path(args.config))]
+        configs = [load_run_config(Path(args.config))]
     else:
         return _err("give a run config file (TOML or JSON with RunConfig fields) or --profile NAME")
-    runs_root = Path(args.runs) if args.runs else None
     for cfg in configs:
-        run = train(cfg, device=args.device, runs_root=runs_root)
+        run = train(cfg, device=args.device, runs_root=_opt(args.runs))
         print(run.path)
     return 0
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
-    from harness.certify import CertifySettings, certify_run, summarize
+    from harness.certify import certify_run, summarize
     from harness.config import RUNS, load_profile
-    from harness.train import RunDir
+    from harness.rundir import RunDir
 
+    settings = load_profile(args.profile).certify
     path = Path(args.run)
     run = RunDir(path if path.is_dir() else (Path(args.runs) if args.runs else RUNS) / args.run)
     if not run.config.exists():
         return _err(f"no run {args.run!r} (looked for {run.config})")
-    settings = CertifySettings.from_dict(load_profile(args.profile).certify)
     df = certify_run(run, settings, device=args.device, force=args.force)
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in summarize(df).items()}))
     return 0
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
+    from harness.config import load_profile
     from harness.tables import build_tables
 
-    build_tables(args.profile or None, runs_root=_opt(args.runs), results_dir=_opt(args.results))
+    profiles = [load_profile(p) for p in args.profile] if args.profile else None
+    build_tables(profiles, runs_root=_opt(args.runs), results_dir=_opt(args.results))
     return 0
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
+    from harness.config import load_profile
     from harness.plots import build_figures
 
-    build_figures(runs_root=_opt(args.runs), results_dir=_opt(args.results), plots_dir=_opt(args.plots))
+    profiles = [load_profile(p) for p in args.profile] if args.profile else None
+    build_figures(profiles, runs_root=_opt(args.runs), results_dir=_opt(args.results), plots_dir=_opt(args.plots))
     return 0
 
 
@@ -93,18 +86,64 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slurm_overrides(args: argparse.Namespace) -> dict:
+    keys = ("partition", "account", "qos", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")
+    return {k: getattr(args, f"slurm_{k}") for k in keys if getattr(args, f"slurm_{k}", None) is not None}
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from harness.pipeline import reproduce
 
     return reproduce(args.profile, device=args.device, runs_root=_opt(args.runs), results_dir=_opt(args.results),
-                     plots_dir=_opt(args.plots))
+                     plots_dir=_opt(args.plots), executor=args.executor, workers=args.workers, threads=args.threads,
+                     poll_s=args.poll, slurm_overrides=_slurm_overrides(args))
 
 
-def _opt(path: str | None) -> Path | None:
-    return Path(path) if path else None
+def cmd_check(args: argparse.Namespace) -> int:
+    from harness.config import RUNS, load_any
+    from harness.schema import json_schemas
+
+    if args.schema:
+        print(json.dumps(json_schemas(), indent=2))
+        return 0
+    if not args.file:
+        return _err("give a profile (name or path) or a run config file to check, or --schema")
+    kind, obj = load_any(args.file)
+    if kind == "run config":
+        print(f"{args.file}: a valid run config; run id {obj.run_id}")
+        for k, v in obj.to_dict().items():
+            print(f"  {k} = {v!r}")
+        return 0
+    from harness.pipeline import describe_plan
+
+    runs_root = _opt(args.runs) or RUNS
+    plan = obj.plan()
+    print(f"{args.file}: a valid profile {obj.name!r}: {len(plan)} runs ({obj.description})")
+    for line in describe_plan(obj, runs_root, plan):
+        print(line)
+    if not args.no_estimate:
+        from harness.device import resolve_device
+        from harness.eta import estimate, fmt_duration
+        from harness.pipeline import plan_state
+
+        state = plan_state(obj, runs_root)
+        todo = [p.cfg for p in plan if state[p.run_id] == "todo"]
+        dev = resolve_device(args.device)
+        seconds = estimate(todo, dev, runs_root, log=print)
+        print(f"expected training time of the {len(todo)} run(s) still to train: about "
+              f"{fmt_duration(sum(seconds.values()))} on this machine ({dev}, one run at a time)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from harness.status import print_status
+
+    return print_status(args.profile, runs_root=_opt(args.runs), lines=args.lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.executors import EXECUTORS
+
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -117,12 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
         sp.add_argument("--runs", help="runs folder (default: runs/)")
         if outputs:
-            sp.add_argument("--results", help="tables folder (default: results/)")
-            sp.add_argument("--plots", help="figures folder (default: plots/)")
+            sp.add_argument("--results", help="tables folder (default: results/); each profile gets a subfolder")
+            sp.add_argument("--plots", help="figures folder (default: plots/); each profile gets a subfolder")
 
     t = sub.add_parser("train", help="train (or resume) one run config, or every run of a profile")
     t.add_argument("config", nargs="?", help="run config file (.toml or .json)")
-    t.add_argument("--profile", help="train every run of benchmarks/<profile>.toml instead")
+    t.add_argument("--profile", help="train every run of a profile (a name under benchmarks/ or a path) instead")
     common(t)
     t.set_defaults(fn=cmd_train)
 
@@ -133,12 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     c.set_defaults(fn=cmd_certify)
 
-    tb = sub.add_parser("tables", help="rebuild results/*.csv from stored records")
-    tb.add_argument("--profile", action="append", help="limit to these profiles (default: all with results)")
+    tb = sub.add_parser("tables", help="rebuild results/<profile>/*.csv from stored records")
+    tb.add_argument("--profile", action="append", help="these profiles, names or paths (default: all with results)")
     common(tb, device=False, outputs=True)
     tb.set_defaults(fn=cmd_tables)
 
-    f = sub.add_parser("figures", help="rebuild plots/*.png from stored records")
+    f = sub.add_parser("figures", help="rebuild plots/<profile>/*.png from stored records")
+    f.add_argument("--profile", action="append", help="these profiles, names or paths (default: all with tables)")
     common(f, device=False, outputs=True)
     f.set_defaults(fn=cmd_figures)
 
@@ -149,9 +189,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("reproduce", help="data, training, certification, tables and figures of a profile")
-    r.add_argument("--profile", default="cpu", help="smoke, cpu or paper (benchmarks/<name>.toml)")
+    r.add_argument("--profile", default="cpu", help="smoke, cpu, tradeoff, paper (benchmarks/<name>.toml) or a path")
+    r.add_argument("--executor", default="inline", choices=EXECUTORS,
+                   help="inline (this process), local (worker processes) or slurm (one job per run, submitit)")
+    r.add_argument("--workers", type=int, help="local executor: worker processes (default: CPU cores)")
+    r.add_argument("--threads", type=int, help="CPU threads per run (default: cores / workers; inline: torch's)")
+    r.add_argument("--poll", type=float, default=10.0, help="slurm executor: seconds between checks of the jobs")
+    for key, kind, what in (("partition", str, "partition"), ("account", str, "account"), ("qos", str, "QOS"),
+                            ("gpus-per-node", int, "GPUs per job"), ("cpus-per-task", int, "CPUs per job"),
+                            ("mem-gb", float, "memory per job (GB)"), ("timeout-min", int, "time limit per job")):
+        r.add_argument(f"--slurm-{key}", type=kind, help=f"slurm executor: {what} (overrides the profile's [slurm])")
     common(r, outputs=True)
     r.set_defaults(fn=cmd_reproduce)
+
+    ck = sub.add_parser("check", help="validate a profile or run config without running it; print the plan")
+    ck.add_argument("file", nargs="?", help="a profile (name or path) or a run config file")
+    ck.add_argument("--schema", action="store_true", help="print the JSON schema of both file formats")
+    ck.add_argument("--no-estimate", action="store_true", help="do not time training steps for the estimate")
+    common(ck)
+    ck.set_defaults(fn=cmd_check)
+
+    st = sub.add_parser("status", help="each run of a profile: pending, running (where), trained, certified, failed")
+    st.add_argument("--profile", default="cpu", help="a profile name or path")
+    st.add_argument("--lines", type=int, default=3, help="log lines shown for a failed run")
+    common(st, device=False)
+    st.set_defaults(fn=cmd_status)
     return p
 
 
@@ -177,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 def _known_errors() -> tuple[type, ...]:
     from harness.certify import InvariantError
     from harness.data import ChecksumError, DatasetUnavailableError, UnknownDatasetError
+    from harness.rundir import RunClaimed
     from harness.train import TrainingError
 
     return (TrainingError, FileNotFoundError, InvariantError, ChecksumError, DatasetUnavailableError,
-            UnknownDatasetError, ValueError)
+            UnknownDatasetError, RunClaimed, ValueError)

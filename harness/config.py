@@ -1,59 +1,73 @@
-"""Configuration as data: benchmark profiles (TOML under benchmarks/) resolved once into typed runs.
+"""Configuration as data: run configs and profiles, validated once into typed objects, and the plan.
 
 A :class:`RunConfig` is everything that determines a trained model. Its id is a readable prefix
 plus a hash of the resolved config, so an unchanged run is never redone and a changed one never
 reuses stale results. The device is deliberately not part of the id: a run started on one device
 may be resumed on another.
+
+A :class:`Profile` (``benchmarks/<name>.toml`` or any path) says what to train and how to certify.
+Its :meth:`Profile.plan` expands settings x seeds x methods, method parameters given as lists
+(sweeps: one run per value) and AD-CERT ablations into :class:`PlannedRun` s, teachers first. What
+each field accepts is in the annotations below (see :mod:`harness.constraints`); :mod:`harness.schema`
+turns them into the validating models, so nothing is run or written before the whole file is valid.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from harness.methods import METHODS, method_defaults, make_method
+from harness.constraints import AtLeastOne, AttackSteps, Count, NonNegative, PixelEps, Positive, Seed
+from harness.data import DATASETS
+from harness.methods import METHODS, method_defaults
 from harness.models import ARCHITECTURES
 from harness.schedules import EPS_SCHEDULES
+from harness.schema import (ConfigError, eps_value, profile_model, read_toml_or_json, run_config_model,
+                            validate)
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
 RUNS = REPO / "runs"
 
+DatasetName = Literal[tuple(DATASETS)]
+MethodName = Literal[tuple(METHODS)]
+ArchName = Literal[tuple(ARCHITECTURES)]
+EpsSchedule = Literal[EPS_SCHEDULES]
 
-class ConfigError(ValueError):
-    """A configuration that cannot be run; the message names the key and the valid choices."""
+__all__ = ["BENCHMARKS", "REPO", "RUNS", "CertifySettings", "ConfigError", "PlannedRun", "Profile", "RunConfig",
+           "Setting", "SlurmSettings", "load_any", "load_profile", "load_run_config"]
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """One fully resolved training run."""
 
-    dataset: str
-    eps: float                      # the eps the model is evaluated (certified) at
-    method: str
+    dataset: DatasetName
+    eps: PixelEps                   # the eps the model is evaluated (certified) at
+    method: MethodName
     params: dict[str, Any] = field(default_factory=dict)   # method parameters, defaults filled in
-    arch: str = "cnn_small"
-    width: int | None = None
-    init: str = "default"           # "default" | "ibp" (Shi et al.)
-    seed: int = 0
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 5e-4
-    lr_milestones: tuple[int, ...] = ()
-    lr_decay: float = 0.2
-    grad_clip: float = 10.0
-    l1: float = 0.0                 # L1 penalty on Conv/Linear weights (MTL-IBP's published settings)
-    train_eps_factor: float = 1.0   # training eps = factor * eps (e.g. 2 for MNIST 0.1, CC-IBP)
-    eps_schedule: str = "smoothed"
-    eps_ramp_start: float = 0.0     # epochs
-    eps_ramp_length: float = 1.0    # epochs
-    train_subset: int = 0           # first N training images (0 = all but the validation slice)
-    val_size: int = 1000            # held-out slice at the end of the training set
-    val_pgd_steps: int = 10
+    arch: ArchName = "cnn_small"
+    width: AtLeastOne | None = None  # the architecture's width multiplier (None: its default)
+    init: Literal["default", "ibp"] = "default"   # "ibp": Shi et al.'s initialisation
+    seed: Seed = 0
+    epochs: AtLeastOne = 1
+    batch_size: AtLeastOne = 128
+    lr: Positive = 5e-4
+    lr_milestones: tuple[AtLeastOne, ...] = ()  # epochs after which lr is multiplied by lr_decay
+    lr_decay: Positive = 0.2
+    grad_clip: NonNegative = 10.0   # max gradient norm; 0 = no clipping
+    l1: NonNegative = 0.0           # L1 penalty on Conv/Linear weights (MTL-IBP's published settings)
+    train_eps_factor: Positive = 1.0  # training eps = factor * eps (e.g. 2 for MNIST 0.1, CC-IBP)
+    eps_schedule: EpsSchedule = "smoothed"
+    eps_ramp_start: NonNegative = 0.0   # epochs
+    eps_ramp_length: NonNegative = 1.0  # epochs
+    train_subset: Count = 0         # first N training images (0 = all but the validation slice)
+    val_size: Count = 1000          # held-out slice at the end of the training set
+    val_pgd_steps: AttackSteps = 10
     teacher: str | None = None      # run id of the PGD teacher (AD-CERT)
 
     @property
@@ -72,67 +86,94 @@ class RunConfig:
         return f"{self.dataset}-{self.eps:g}-{self.method}-{self.arch}-s{self.seed}-{digest}"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        """Build and validate a run config from plain data (a TOML/JSON table)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown run config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        for key in ("dataset", "eps", "method"):
-            if key not in d:
-                raise ConfigError(f"run config is missing {key!r}")
-        d = dict(d)
-        for f in fields(cls):  # 0 and 0.0 must give the same run id
-            if f.name in d and f.type in ("float", "int") and isinstance(d[f.name], (int, float)) \
-                    and not isinstance(d[f.name], bool):
-                d[f.name] = float(d[f.name]) if f.type == "float" else int(d[f.name])
-        d["lr_milestones"] = tuple(int(m) for m in d.get("lr_milestones", ()))
-        d["params"] = {**method_defaults_checked(d["method"]), **dict(d.get("params", {}))}
-        cfg = cls(**d)
-        cfg.validate()
+    def from_dict(cls, d: dict[str, Any], source: str = "run config") -> "RunConfig":
+        """Validate plain data (a TOML / JSON table) into a run config; ConfigError names ``source``."""
+        data = validate(run_config_model(), d, source).model_dump()
+        method = data["method"]
+        params = validate(_params_model(method), data["params"], source, at=("params",)).model_dump(exclude_unset=True)
+        data["params"] = {**method_defaults(method), **params}
+        data["lr_milestones"] = tuple(data["lr_milestones"])
+        cfg = cls(**data)
+        needs = METHODS[method].needs_teacher
+        if needs and not cfg.teacher:
+            raise ConfigError(f"{source}: teacher: {method} needs a teacher: set 'teacher' to the run id of a "
+                              f"finished pgd run")
+        if cfg.teacher and not needs:
+            raise ConfigError(f"{source}: teacher = {cfg.teacher!r}: {method} does not use a teacher; remove it")
         return cfg
 
     def validate(self) -> None:
         """Raise ConfigError for anything that cannot be trained, before any work is done."""
-        from harness.data import DATASETS  # late: data imports torchvision
-
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
-        if self.arch not in ARCHITECTURES:
-            raise ConfigError(f"unknown architecture {self.arch!r}; known: {', '.join(ARCHITECTURES)}")
-        if not self.eps >= 0:
-            raise ConfigError(f"eps must be >= 0, got {self.eps}")
-        if not self.train_eps_factor > 0:
-            raise ConfigError(f"train_eps_factor must be > 0, got {self.train_eps_factor}")
-        if self.eps_schedule not in EPS_SCHEDULES:
-            raise ConfigError(f"unknown eps_schedule {self.eps_schedule!r}; known: {', '.join(EPS_SCHEDULES)}")
-        if self.init not in ("default", "ibp"):
-            raise ConfigError(f"unknown init {self.init!r}; known: default, ibp")
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.l1 < 0:
-            raise ConfigError(f"l1 must be >= 0, got {self.l1}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        try:
-            make_method(self.method, self.params)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if METHODS[self.method].needs_teacher and not self.teacher:
-            raise ConfigError(f"{self.method} needs a teacher: set 'teacher' to the run id of a finished pgd run")
+        RunConfig.from_dict(self.to_dict())
 
 
-def method_defaults_checked(name: str) -> dict[str, Any]:
-    try:
-        return method_defaults(name)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+def _params_model(method: str):
+    from harness.schema import method_params_model
+
+    return method_params_model(method)
 
 
-# ---- profiles -------------------------------------------------------------------------------------
+def load_run_config(path: Path) -> RunConfig:
+    """A run config file (TOML, or JSON by its suffix), validated."""
+    return RunConfig.from_dict(read_toml_or_json(path, "run config"), source=str(path))
+
+
+#: RunConfig fields the plan sets (a profile's [defaults] and settings may set every other one).
+PLANNED_FIELDS = ("dataset", "eps", "method", "params", "seed", "teacher")
+
+
+# ---- certification and scheduler settings ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CertifySettings:
+    """How a run is evaluated (a profile's ``[certify]`` table)."""
+
+    n_test: AtLeastOne = 10000      # test prefix for clean / PGD / IBP / CROWN-IBP
+    # Budgets of the expensive stages: how many undecided samples each may process, in index order
+    # (0: the stage does not run). See harness.certify.
+    crown_samples: Count = 0
+    alpha_crown_samples: Count = 0
+    pgd_steps: AttackSteps = 50
+    pgd_restarts: AttackSteps = 2
+    batch_size: AtLeastOne = 500
+    crown_batch_size: AtLeastOne = 32
+    alpha_iterations: AtLeastOne = 20
+    alpha_lr: Positive = 0.1
+    eps_sweep: tuple[Positive, ...] = ()   # fractions of eps for the certified-vs-eps curve (own IBP)
+    n_sweep: Count = 1000
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "[certify]") -> "CertifySettings":
+        from harness.schema import model_of
+
+        data = validate(model_of(cls, "certify"), d, source).model_dump()
+        data["eps_sweep"] = tuple(data["eps_sweep"])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["eps_sweep"] = list(self.eps_sweep)
+        return d
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """Resources of each run's SLURM job (a profile's ``[slurm]`` table; command-line options override)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_node: Count = 0
+    cpus_per_task: AtLeastOne = 2
+    mem_gb: Positive | None = None
+    timeout_min: AtLeastOne = 24 * 60
+    max_requeues: Count = 5         # how often a timed-out or pre-empted job is requeued
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- profiles ------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Setting:
@@ -143,90 +184,191 @@ class Setting:
     eps_label: str
     methods: tuple[str, ...]
     run: dict[str, Any]                     # RunConfig fields shared by the methods of this setting
-    method_params: dict[str, dict[str, Any]]
+    method_params: dict[str, dict[str, Any]]   # values may be lists: a sweep
+
+
+@dataclass(frozen=True)
+class AblationVariant:
+    """An AD-CERT variant compared, seed by seed, with the base AD-CERT run of the same setting."""
+
+    name: str
+    params: dict[str, Any]          # ad_cert parameters replacing the base's
+    teacher: dict[str, Any]         # RunConfig fields of its own PGD teacher (empty: the setting's teacher)
+    teacher_params: dict[str, Any]  # pgd parameters of that teacher
+
+
+@dataclass(frozen=True)
+class Ablations:
+    base: dict[str, Any]            # ad_cert parameters that pick the base run (e.g. the sweep's alpha)
+    variants: tuple[AblationVariant, ...]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A run of the plan with what it is for: its setting, its swept values, its ablation."""
+
+    cfg: RunConfig
+    setting: Setting
+    sweep: tuple[tuple[str, Any], ...] = ()   # (parameter, value) of the swept parameters, in order
+    ablation: str | None = None               # the ablation variant it runs (None: a sweep or plain run)
+    teacher_of: str | None = None             # "ablation <name>": a teacher trained for that variant only
+
+    @property
+    def run_id(self) -> str:
+        return self.cfg.run_id
+
+    @property
+    def variant(self) -> str:
+        """A short label that tells this run from the others of its (setting, method, seed)."""
+        if self.teacher_of:
+            return f"teacher of {self.teacher_of}"
+        if self.ablation:
+            return f"ablation {self.ablation}"
+        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.sweep)
 
 
 @dataclass(frozen=True)
 class Profile:
-    """A benchmark profile: what to train, how to certify, where results go."""
+    """A benchmark profile: what to train, how to certify, where it came from."""
 
     name: str
     description: str
     seeds: tuple[int, ...]
     settings: tuple[Setting, ...]
-    certify: dict[str, Any]
+    certify: CertifySettings
+    slurm: SlurmSettings = SlurmSettings()
+    ablations: Ablations | None = None
     path: Path | None = None
 
-    def runs(self) -> list[RunConfig]:
-        """Every run of the profile, teachers (pgd) before the students that need them."""
-        out: list[RunConfig] = []
+    def plan(self) -> list[PlannedRun]:
+        """Every run of the profile once, each teacher before the students that need it."""
+        out: dict[str, PlannedRun] = {}
         for s in self.settings:
             for seed in self.seeds:
-                base = {"dataset": s.dataset, "eps": s.eps, "seed": seed, **s.run}
-                teacher_id = None
-                ordered = sorted(s.methods, key=lambda m: (METHODS[m].needs_teacher, s.methods.index(m)))
-                for m in ordered:
-                    d = {**base, "method": m, "params": s.method_params.get(m, {})}
-                    if METHODS[m].uses_ibp_init:  # Shi et al. init unless the profile says otherwise
-                        d.setdefault("init", "ibp")
-                    if METHODS[m].needs_teacher:
-                        if teacher_id is None:
-                            raise ConfigError(f"profile {self.name}: {s.dataset} eps {s.eps_label} lists {m} but no "
-                                              f"pgd teacher; add 'pgd' to its methods")
-                        d["teacher"] = teacher_id
-                    cfg = RunConfig.from_dict(d)
-                    if m == "pgd":
-                        teacher_id = cfg.run_id
-                    out.append(cfg)
-        return out
+                for p in _setting_plan(self, s, seed):
+                    out.setdefault(p.run_id, p)
+        return list(out.values())
+
+    def runs(self) -> list[RunConfig]:
+        """The run configs of :meth:`plan`, in its order."""
+        return [p.cfg for p in self.plan()]
 
 
-def _eps_value(v: Any) -> tuple[float, str]:
-    """Accept 0.3 or "8/255"; keep the label for tables."""
-    if isinstance(v, str) and "/" in v:
-        num, den = v.split("/")
-        return float(num) / float(den), v
-    return float(v), f"{float(v):g}"
+def _expand(params: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[tuple[str, Any], ...]]]:
+    """Every combination of the list-valued (swept) parameters: (params, swept values)."""
+    swept = [k for k, v in params.items() if isinstance(v, list)]
+    combos = []
+    for values in itertools.product(*(params[k] for k in swept)):
+        combos.append(({**params, **dict(zip(swept, values))}, tuple(zip(swept, values))))
+    return combos
+
+
+def _setting_plan(profile: Profile, s: Setting, seed: int) -> list[PlannedRun]:
+    where = f"{profile.path or profile.name}: settings[{profile.settings.index(s)}]"
+    base = {"dataset": s.dataset, "eps": s.eps, "seed": seed, **s.run}
+
+    def config(method: str, params: dict[str, Any], run: dict[str, Any] | None = None,
+               teacher: str | None = None) -> RunConfig:
+        d = {**base, **(run or {}), "method": method, "params": params}
+        if METHODS[method].uses_ibp_init:  # Shi et al. init unless the profile says otherwise
+            d.setdefault("init", "ibp")
+        if teacher is not None:
+            d["teacher"] = teacher
+        return RunConfig.from_dict(d, source=where)
+
+    plan: list[PlannedRun] = []
+    teacher_id = None
+    ordered = sorted(s.methods, key=lambda m: (METHODS[m].needs_teacher, s.methods.index(m)))
+    for m in ordered:
+        combos = _expand(s.method_params.get(m, {}))
+        if m == "pgd" and len(combos) > 1 and any(METHODS[x].needs_teacher for x in s.methods):
+            raise ConfigError(f"{where}: pgd parameters are swept, but {m} is the teacher of this setting and "
+                              f"must be one run; give teacher variants as [[ablations.variants]] instead")
+        if METHODS[m].needs_teacher and teacher_id is None:
+            raise ConfigError(f"{where}: {s.dataset} eps {s.eps_label} lists {m} but no pgd teacher; "
+                              f"add 'pgd' to its methods")
+        for params, swept in combos:
+            cfg = config(m, params, teacher=teacher_id if METHODS[m].needs_teacher else None)
+            if m == "pgd":
+                teacher_id = cfg.run_id
+            plan.append(PlannedRun(cfg, s, swept))
+    if profile.ablations is not None and "ad_cert" in s.methods:
+        ad = s.method_params.get("ad_cert", {})
+        base_params = {**ad, **profile.ablations.base}
+        unset = [k for k, v in base_params.items() if isinstance(v, list)]
+        if unset:
+            raise ConfigError(f"{where}: ablations.base must fix the swept ad_cert parameter(s) {', '.join(unset)}")
+        base_run = config("ad_cert", base_params, teacher=teacher_id)
+        plan.append(PlannedRun(base_run, s, tuple((k, profile.ablations.base[k]) for k in profile.ablations.base
+                                                  if isinstance(ad.get(k), list))))
+        for v in profile.ablations.variants:
+            teacher = teacher_id
+            if v.teacher or v.teacher_params:
+                pgd = s.method_params.get("pgd", {})
+                t = config("pgd", {**pgd, **v.teacher_params}, run=v.teacher)
+                plan.append(PlannedRun(t, s, teacher_of=f"ablation {v.name}"))
+                teacher = t.run_id
+            plan.append(PlannedRun(config("ad_cert", {**base_params, **v.params}, teacher=teacher), s,
+                                   ablation=v.name))
+    return plan
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
-    """Load ``benchmarks/<name>.toml`` (or a path) into a validated :class:`Profile`."""
+    """Load ``benchmarks/<name>.toml`` or a profile file anywhere into a validated :class:`Profile`.
+
+    Every run of the plan is validated too, so a profile that loads can be run to the end.
+    """
+    text = str(name_or_path)
     path = Path(name_or_path)
-    if not path.suffix:
-        path = BENCHMARKS / f"{name_or_path}.toml"
-    if not path.exists():
-        known = sorted(p.stem for p in BENCHMARKS.glob("*.toml"))
-        raise ConfigError(f"no profile {str(name_or_path)!r} ({path} does not exist); known: {', '.join(known)}")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    defaults = raw.get("defaults", {})
-    method_params = raw.get("methods", {})
-    for m in method_params:
-        if m not in METHODS:
-            raise ConfigError(f"{path}: [methods.{m}]: unknown method; known: {', '.join(METHODS)}")
+    if path.suffix == "" and "/" not in text and not path.exists():
+        path = BENCHMARKS / f"{text}.toml"
+        if not path.exists():
+            known = sorted(p.stem for p in BENCHMARKS.glob("*.toml"))
+            raise ConfigError(f"no profile {text!r} ({path.relative_to(REPO)} does not exist); known: "
+                              f"{', '.join(known)}; or give the path of a profile file")
+    raw = validate(profile_model(), read_toml_or_json(path, "profile"), str(path))
+    data = raw.model_dump(exclude_unset=True)
+    defaults = data.get("defaults", {})
+    methods_table = data.get("methods", {})
     settings = []
-    for i, s in enumerate(raw.get("settings", [])):
+    for s in data["settings"]:
         s = dict(s)
-        try:
-            eps, label = _eps_value(s.pop("eps"))
-            dataset = s.pop("dataset")
-            methods = tuple(s.pop("methods"))
-        except KeyError as e:
-            raise ConfigError(f"{path}: settings[{i}] is missing {e}") from None
-        for m in methods:
-            if m not in METHODS:
-                raise ConfigError(f"{path}: settings[{i}]: unknown method {m!r}; known: {', '.join(METHODS)}")
+        eps = s.pop("eps")
+        label = eps if isinstance(eps, str) else f"{float(eps):g}"
+        dataset, methods = s.pop("dataset"), tuple(s.pop("methods"))
         overrides = s.pop("methods_params", {})
-        params = {m: {**method_params.get(m, {}), **overrides.get(m, {})} for m in methods}
-        settings.append(Setting(dataset, eps, label, methods, {**defaults, **s}, params))
-    prof = raw.get("profile", {})
+        params = {m: {**methods_table.get(m, {}), **overrides.get(m, {})} for m in methods}
+        settings.append(Setting(dataset, eps_value(eps), label.replace(" ", ""), methods, {**defaults, **s}, params))
+    meta = data.get("profile", {})
+    ablations = None
+    if "ablations" in data:
+        a = data["ablations"]
+        ablations = Ablations(a["base"], tuple(AblationVariant(v["name"], v.get("params", {}), v.get("teacher", {}),
+                                                               v.get("teacher_params", {})) for v in a["variants"]))
+        names = [v.name for v in ablations.variants]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{path}: ablations.variants: names must not repeat")
     profile = Profile(
-        name=prof.get("name", path.stem), description=prof.get("description", ""),
-        seeds=tuple(prof.get("seeds", [0])), settings=tuple(settings), certify=raw.get("certify", {}),
-        path=path,
+        name=meta.get("name", path.stem), description=meta.get("description", ""),
+        seeds=tuple(meta.get("seeds", [0])), settings=tuple(settings),
+        certify=CertifySettings.from_dict(data.get("certify", {}), f"{path}: certify"),
+        slurm=SlurmSettings(**data.get("slurm", {})), ablations=ablations, path=path.resolve(),
     )
-    profile.runs()  # validate every run now, before any work
+    profile.plan()  # validate every run now, before any work
     return profile
 
+
+def load_any(name_or_path: str | Path) -> tuple[str, Profile | RunConfig]:
+    """A profile (by name or path) or a run config file, told apart by their keys: ("profile", p) or
+    ("run config", cfg)."""
+    text = str(name_or_path)
+    path = Path(name_or_path)
+    if path.suffix == "" and "/" not in text and not path.exists():
+        return "profile", load_profile(text)
+    data = read_toml_or_json(path, "profile or run config")
+    if "settings" in data or "profile" in data:
+        return "profile", load_profile(path)
+    if "dataset" in data or "method" in data:
+        return "run config", load_run_config(path)
+    raise ConfigError(f"{path}: neither a profile (no [[settings]]) nor a run config (no dataset, eps, method); "
+                      f"see `python -m harness check --schema`")

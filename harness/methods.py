@@ -9,7 +9,7 @@ Formulas: shared/methods.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from torch import nn
 from harness.attacks import pgd_attack
 from harness.bounds.ibp import ibp_bounds
 from harness.bounds.spec import input_box, spec_matrix
+from harness.constraints import AttackSteps, Fraction, NonNegative, Positive
 
 
 @dataclass
@@ -32,10 +33,17 @@ class Batch:
     teacher: nn.Module | None = None
 
 
+#: The loss terms a method may report, the same columns in every run's metrics.jsonl (absent: null).
+TERMS = ("loss_clean", "loss_adv", "loss_ibp", "loss_ad", "reg")
+
+
 @dataclass
 class LossOut:
+    """A method's loss for one batch, its named terms (detached, device tensors: reading them would
+    synchronise the device every step), and the clean logits (for the running training accuracy)."""
+
     loss: torch.Tensor
-    terms: dict[str, float]
+    terms: dict[str, torch.Tensor]
     clean_logits: torch.Tensor
 
 
@@ -133,20 +141,21 @@ def _input_radius_normalised(model: nn.Module, lo: torch.Tensor, hi: torch.Tenso
 
 @dataclass
 class Method:
-    """Base class: parameters are dataclass fields, validated in ``__post_init__``."""
+    """Base class: parameters are dataclass fields whose annotations carry their allowed values.
+
+    The annotations (types, ranges, choices) are the one statement of what a parameter accepts: the
+    configuration schema (:mod:`harness.schema`) is generated from them, and ``__post_init__``
+    validates through that schema, so a method built in code is held to the same rules.
+    """
 
     name: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = False
     uses_ibp_init: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            if f.name in ("alpha", "robust_weight"):
-                value = getattr(self, f.name)
-                if not 0.0 <= value <= 1.0:
-                    raise ValueError(f"{self.name}: {f.name} must lie in [0, 1], got {value}")
-            if f.name in ("attack_steps", "attack_restarts") and getattr(self, f.name) < 1:
-                raise ValueError(f"{self.name}: {f.name} must be >= 1, got {getattr(self, f.name)}")
+        from harness.schema import check_method_params  # late: the schema imports this module
+
+        check_method_params(self.name, {f.name: getattr(self, f.name) for f in fields(self)})
 
     def __call__(self, b: Batch) -> LossOut:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -168,7 +177,7 @@ def _ibp_terms(b: Batch, num_classes: int, regulariser: float
     fade = 1.0 - b.eps / b.eps_final if b.eps_final > 0 else 0.0
     if regulariser > 0 and fade > 0:
         reg = regulariser * fade * shi_regularisers(bounds.preact, _input_radius_normalised(b.model, lo, hi))
-    return bounds.lower, loss_ibp, reg, {"loss_ibp": loss_ibp.item(), "reg": reg.item()}
+    return bounds.lower, loss_ibp, reg, {"loss_ibp": loss_ibp.detach(), "reg": reg.detach()}
 
 
 def _mix(clean: torch.Tensor, robust: torch.Tensor, w: float) -> torch.Tensor:
@@ -190,7 +199,7 @@ class Standard(Method):
 
     def __call__(self, b: Batch) -> LossOut:
         logits, ce = _clean(b)
-        return LossOut(ce, {"loss_clean": ce.item()}, logits)
+        return LossOut(ce, {"loss_clean": ce.detach()}, logits)
 
 
 @dataclass
@@ -198,16 +207,16 @@ class PGDAT(Method):
     """PGD adversarial training (Madry et al.): CE(f(x_adv), y). Also the AD-CERT teacher."""
 
     name: ClassVar[str] = "pgd"
-    attack_steps: int = 10
-    attack_restarts: int = 1
-    attack_range: float = 1.0
-    attack_step_size: float = 0.0  # in units of eps; 0 = 2.5 / steps
+    attack_steps: AttackSteps = 10
+    attack_restarts: AttackSteps = 1
+    attack_range: Positive = 1.0         # the attack's radius in units of the current eps
+    attack_step_size: NonNegative = 0.0  # in units of eps; 0 = 2.5 / steps
 
     def __call__(self, b: Batch) -> LossOut:
         logits, ce = _clean(b)  # sets the clean BN statistics
         x_adv = _attack(b, self)
         loss = F.cross_entropy(b.model(x_adv), b.y)
-        return LossOut(loss, {"loss_clean": ce.item(), "loss_adv": loss.item()}, logits)
+        return LossOut(loss, {"loss_clean": ce.detach(), "loss_adv": loss.detach()}, logits)
 
 
 @dataclass
@@ -216,14 +225,14 @@ class IBP(Method):
 
     name: ClassVar[str] = "ibp"
     uses_ibp_init: ClassVar[bool] = True
-    robust_weight: float = 1.0
-    regulariser: float = 0.5
+    robust_weight: Fraction = 1.0        # w: (1 - w) clean CE + w IBP loss
+    regulariser: NonNegative = 0.5       # lambda of Shi et al.'s warm-up regularisers (0: off)
 
     def __call__(self, b: Batch) -> LossOut:
         logits, ce = _clean(b)
         _, robust, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
         loss = _mix(ce, robust, self.robust_weight) + reg
-        return LossOut(loss, {"loss_clean": ce.item(), **terms}, logits)
+        return LossOut(loss, {"loss_clean": ce.detach(), **terms}, logits)
 
 
 @dataclass
@@ -231,12 +240,12 @@ class _Expressive(Method):
     """Shared fields of the expressive losses (MTL-IBP, CC-IBP, Exp-IBP) and AD-CERT."""
 
     uses_ibp_init: ClassVar[bool] = True
-    alpha: float = 0.5
-    attack_steps: int = 1
-    attack_restarts: int = 1
-    attack_range: float = 1.0
-    attack_step_size: float = 0.0
-    regulariser: float = 0.5
+    alpha: Fraction = 0.5                # weight of the IBP term against the adversarial one
+    attack_steps: AttackSteps = 1
+    attack_restarts: AttackSteps = 1
+    attack_range: Positive = 1.0         # beta: the attack's radius in units of the current eps
+    attack_step_size: NonNegative = 0.0  # in units of eps; 0 = 2.5 / steps
+    regulariser: NonNegative = 0.5
 
 
 @dataclass
@@ -254,7 +263,7 @@ class MTLIBP(_Expressive):
         adv = F.cross_entropy(b.model(x_adv), b.y)
         _, robust, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
         loss = self.combine(robust, adv) + reg
-        return LossOut(loss, {"loss_clean": ce.item(), "loss_adv": adv.item(), **terms}, logits)
+        return LossOut(loss, {"loss_clean": ce.detach(), "loss_adv": adv.detach(), **terms}, logits)
 
 
 @dataclass
@@ -270,7 +279,7 @@ class CCIBP(_Expressive):
         C = spec_matrix(b.y, logits.shape[1], dtype=b.x.dtype)
         m_adv = torch.einsum("bmk,bk->bm", C, b.model(x_adv))
         loss = robust_ce_from_margins(self.alpha * m_ibp + (1 - self.alpha) * m_adv) + reg
-        return LossOut(loss, {"loss_clean": ce.item(), **terms}, logits)
+        return LossOut(loss, {"loss_clean": ce.detach(), **terms}, logits)
 
 
 @dataclass
@@ -281,9 +290,6 @@ class ExpIBP(MTLIBP):
 
     def combine(self, robust: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
         return robust.clamp_min(1e-12) ** self.alpha * adv.clamp_min(1e-12) ** (1 - self.alpha)
-
-
-AD_VARIANTS = ("ad", "rslad", "natkl")
 
 
 @dataclass
@@ -297,18 +303,11 @@ class ADCERT(_Expressive):
 
     name: ClassVar[str] = "ad_cert"
     needs_teacher: ClassVar[bool] = True
-    robust_weight: float = 1.0
-    teacher_input: str = "clean"   # "clean" | "adv"
-    attack_loss: str = "ce"        # "ce" (true labels) | "kl" (soft-label attack against the teacher)
-    variant: str = "ad"            # "ad" | "rslad" | "natkl"
+    robust_weight: Fraction = 1.0
+    teacher_input: Literal["clean", "adv"] = "clean"
+    attack_loss: Literal["ce", "kl"] = "ce"   # "kl": soft-label attack against the teacher (training only)
+    variant: Literal["ad", "rslad", "natkl"] = "ad"
     init_from_teacher: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for key, allowed in (("teacher_input", ("clean", "adv")), ("attack_loss", ("ce", "kl")),
-                             ("variant", AD_VARIANTS)):
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"ad_cert: {key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
 
     def __call__(self, b: Batch) -> LossOut:
         if b.teacher is None:
@@ -338,7 +337,7 @@ class ADCERT(_Expressive):
             l_ad = kl(logits) / 6 + 5 * kl(b.model(x_adv)) / 6
         else:
             l_ad = kl(b.model(x_adv))
-        terms = {"loss_clean": ce.item(), "loss_ad": l_ad.item()}
+        terms = {"loss_clean": ce.detach(), "loss_ad": l_ad.detach()}
         if self.alpha > 0:
             _, robust, reg, ibp_terms = _ibp_terms(b, logits.shape[1], self.regulariser)
             inner = self.alpha * robust + (1 - self.alpha) * l_ad + reg
@@ -355,13 +354,9 @@ def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
     """Build a method by name from its parameters; unknown names or parameters are clear errors."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    cls = METHODS[name]
-    params = dict(params or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known)) or 'none'}")
-    return cls(**params)
+    from harness.schema import check_method_params
+
+    return METHODS[name](**check_method_params(name, dict(params or {})))
 
 
 def method_defaults(name: str) -> dict[str, Any]:

@@ -1,120 +1,131 @@
-"""`reproduce`: data -> train (teachers first) -> certify -> tables -> figures, skipping what is done."""
+"""`reproduce`: data -> jobs (train, then certify, teachers first) -> tables -> figures.
+
+Each run is certified as soon as it is trained, so a long profile yields records, and with
+``make tables`` / ``make figures`` tables and plots, from whatever has finished. Everything already
+done is skipped; an interrupted run resumes from its last epoch.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
-from harness.certify import CertifySettings, certify_run
-from harness.config import RUNS, Profile, RunConfig, load_profile
-from harness.tables import build_tables
-from harness.train import RunDir, train
-
-# Relative cost of one training step, in standard forward+backward passes; used only for the
-# printed estimate and ETA (each attack step costs about one forward+backward).
-_BASE_COST = {"standard": 1.0, "pgd": 1.5, "ibp": 2.5, "mtl_ibp": 3.5, "cc_ibp": 3.5, "exp_ibp": 3.5, "ad_cert": 4.0}
+from harness.config import RUNS, PlannedRun, Profile, load_profile
+from harness.eta import Progress, fmt_duration
+from harness.executors import Outcome, make_executor
+from harness.jobs import JobSpec
 
 
-def _step_cost(cfg: RunConfig) -> float:
-    return _BASE_COST.get(cfg.method, 4.0) + float(cfg.params.get("attack_steps", 0))
+def plan_state(profile: Profile, runs_root: Path) -> dict[str, str]:
+    """Per run id: ``certified`` (nothing to do), ``trained`` (certify only) or ``todo``."""
+    from harness.certify import is_certified
+    from harness.rundir import RunDir
+
+    out = {}
+    for p in profile.plan():
+        run = RunDir.of(p.cfg, runs_root)
+        out[p.run_id] = ("certified" if is_certified(run, profile.certify) else "trained") if run.finished \
+            else "todo"
+    return out
 
 
-def _steps(cfg: RunConfig) -> int:
-    from harness.data import get_info
-
-    n_train = get_info(cfg.dataset).train_size - cfg.val_size
-    n = min(cfg.train_subset or n_train, n_train)
-    return cfg.epochs * -(-n // cfg.batch_size)
-
-
-def _fmt(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def _calibrate(cfg: RunConfig) -> float:
-    """Seconds of one standard training step of this arch/dataset/batch on this machine (3 timed steps)."""
-    import torch
-    import torch.nn.functional as F
-
-    from harness.data import get_info
-    from harness.train import model_for
-
-    info = get_info(cfg.dataset)
-    model = model_for(cfg)
-    opt = torch.optim.Adam(model.parameters())
-    x = torch.rand(cfg.batch_size, *info.in_shape)
-    y = torch.randint(0, info.num_classes, (cfg.batch_size,))
-    times = []
-    for _ in range(4):
-        t = time.perf_counter()
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    return sorted(times[1:])[1]
-
-
-def reproduce(profile_name: str, *, device: str = "auto", runs_root: Path | None = None,
-              results_dir: Path | None = None, plots_dir: Path | None = None, log=print) -> int:
-    """Run a whole profile; returns 0 when every available setting finished (skips are reported)."""
+def available_datasets(profile: Profile, log: Callable[[str], None]) -> tuple[set[str], dict[str, str]]:
+    """(datasets that are here or could be fetched, {dataset: why not} for the others)."""
     from harness.data import DatasetUnavailableError, ensure_dataset
-    from harness.plots import build_figures
 
-    runs_root = runs_root or RUNS
-    profile: Profile = load_profile(profile_name)
-    settings = CertifySettings.from_dict(profile.certify)
-    runs = profile.runs()
-    log(f"profile {profile.name}: {profile.description}")
-
-    available, skipped = {}, {}
-    for ds in dict.fromkeys(r.dataset for r in runs):
+    ok, skipped = set(), {}
+    for ds in dict.fromkeys(s.dataset for s in profile.settings):
         try:
             ensure_dataset(ds)
-            available[ds] = True
+            ok.add(ds)
         except DatasetUnavailableError as e:
             skipped[ds] = str(e)
             log(f"SKIPPED {ds}: {e}")
-    todo = [r for r in runs if r.dataset in available]
+    return ok, skipped
 
-    pending = [r for r in todo if not RunDir.of(r, runs_root).finished]
-    calib = {}
-    for r in pending:
-        key = (r.dataset, r.arch, r.width, r.batch_size)
-        if key not in calib:
-            calib[key] = _calibrate(r)
-    weights = {r.run_id: _steps(r) * _step_cost(r) * calib[(r.dataset, r.arch, r.width,
-               r.batch_size)] for r in pending}
-    expected = sum(weights.values())
-    log(f"{len(runs)} runs in the plan, {len(runs) - len(todo)} skipped (data missing), "
-        f"{len(todo) - len(pending)} already trained, {len(pending)} to train; "
-        f"expected training time about {_fmt(expected)} on this machine (+ certification)")
-    t_start = time.perf_counter()
-    done_weight = 0.0
-    for i, cfg in enumerate(todo, 1):
-        run = RunDir.of(cfg, runs_root)
-        if not run.finished:
-            log(f"[{i}/{len(todo)}] train {cfg.run_id}")
-            t = time.perf_counter()
-            train(cfg, device=device, runs_root=runs_root, log=log)
-            done_weight += weights.get(cfg.run_id, 0.0)
-            elapsed = time.perf_counter() - t_start
-            remaining = max(expected - done_weight, 0.0) * (elapsed / max(done_weight, 1e-9))
-            log(f"[{i}/{len(todo)}] trained in {_fmt(time.perf_counter() - t)}; elapsed {_fmt(elapsed)}, "
-                f"training ETA {_fmt(remaining)}")
-    for i, cfg in enumerate(todo, 1):
-        run = RunDir.of(cfg, runs_root)
-        t = time.perf_counter()
-        df = certify_run(run, settings, device=device, log=log)
-        took = time.perf_counter() - t
-        if took > 1.0:
-            log(f"[{i}/{len(todo)}] certified {cfg.run_id} in {_fmt(took)}: clean "
-                f"{100 * (df['clean_pred'] == df['label']).mean():.1f}%, PGD {100 * df['pgd_robust'].mean():.1f}%, "
-                f"IBP {100 * df['cert_ibp'].mean():.1f}%")
-    build_tables([profile.name], runs_root=runs_root, results_dir=results_dir, log=log)
-    build_figures(results_dir=results_dir, plots_dir=plots_dir, runs_root=runs_root, log=log)
+
+def reproduce(profile_name: str | Path, *, device: str = "auto", runs_root: Path | None = None,
+              results_dir: Path | None = None, plots_dir: Path | None = None, executor: str = "inline",
+              workers: int | None = None, threads: int | None = None, poll_s: float = 10.0,
+              slurm_overrides: dict | None = None, log=print) -> int:
+    """Run a whole profile; returns 0 when every available run finished (skipped data is reported)."""
+    from harness.device import resolve_device
+    from harness.eta import estimate
+    from harness.plots import build_figures
+    from harness.tables import build_tables
+
+    runs_root = runs_root or RUNS
+    profile: Profile = load_profile(profile_name)
+    if slurm_overrides:
+        from dataclasses import replace
+
+        profile = replace(profile, slurm=replace(profile.slurm, **slurm_overrides))
+    log(f"profile {profile.name}: {profile.description}")
+    available, skipped = available_datasets(profile, log)
+    plan = [p for p in profile.plan() if p.cfg.dataset in available]
+    state = plan_state(profile, runs_root)
+    todo = [p for p in plan if state[p.run_id] != "certified"]
+    to_train = [p for p in todo if state[p.run_id] == "todo"]
+    n_skipped = len(profile.plan()) - len(plan)
+    line = (f"{len(profile.plan())} runs in the plan, {n_skipped} skipped (data missing), "
+            f"{len(plan) - len(todo)} done, {len(to_train)} to train, {len(todo) - len(to_train)} to certify")
+    weights: dict[str, float] = {p.run_id: 0.0 for p in todo}
+    if executor != "slurm" and to_train:
+        dev = resolve_device(device)
+        weights.update(estimate([p.cfg for p in to_train], dev, runs_root))
+        log(f"{line}; expected training time about {fmt_duration(sum(weights.values()))} on this machine "
+            f"({_where(executor, workers, threads)}; + certification)")
+    else:
+        log(line)
+    ex = make_executor(executor, workers=workers, threads=threads, slurm=profile.slurm, certify=profile.certify,
+                       poll_s=poll_s, log=log)
+    specs = [JobSpec.of(p, profile.certify, runs_root, device=device) for p in todo]
+    progress = Progress({k: v + 1.0 for k, v in weights.items()})  # +1: certification-only jobs count too
+    counts = {"done": 0, "failed": 0}
+
+    def on_done(out: Outcome) -> None:
+        counts["done" if out.ok else "failed"] += 1
+        progress.finish(out.spec.run_id)
+        n = counts["done"] + counts["failed"]
+        head = f"[{n}/{len(specs)}] {out.spec.run_id}"
+        if out.ok:
+            s, r = out.result.summary, out.result
+            took = f"train {fmt_duration(r.train_s)}, certify {fmt_duration(r.certify_s)}; " if r.train_s or \
+                r.certify_s else ""
+            body = (f"{took}clean {s['clean_acc']:.1f}% PGD {s['pgd_acc']:.1f}% "
+                    f"certified {s['cert_crown_ibp']:.1f}%")
+        else:
+            body = f"FAILED: {out.error}"
+        tail = f" | {counts['failed']} failed" if counts["failed"] else ""
+        log(f"{head}: {body}{tail} | elapsed {fmt_duration(progress.elapsed())}, ETA {fmt_duration(progress.eta())}")
+
+    t0 = time.perf_counter()
+    outcomes = ex.execute(specs, on_done) if specs else []
+    build_tables([profile], runs_root=runs_root, results_dir=results_dir, log=log)
+    build_figures([profile], results_dir=results_dir, plots_dir=plots_dir, runs_root=runs_root, log=log)
     for ds, why in skipped.items():
         log(f"note: {ds} settings were skipped: {why.splitlines()[0]}")
-    log(f"profile {profile.name} done in {_fmt(time.perf_counter() - t_start)}")
-    return 0
+    failures = [o for o in outcomes if not o.ok]
+    for o in failures:
+        log(f"failed: {o.spec.run_id}: {o.error}")
+    log(f"profile {profile.name} done in {fmt_duration(time.perf_counter() - t0)}"
+        + (f"; {len(failures)} run(s) failed: run the same command again to retry them" if failures else ""))
+    return 1 if failures else 0
 
+
+def _where(executor: str, workers: int | None, threads: int | None) -> str:
+    if executor == "local":
+        return f"local, {workers} workers"
+    return f"{executor}{f', {threads} threads' if threads else ''}"
+
+
+def describe_plan(profile: Profile, runs_root: Path, plan: list[PlannedRun] | None = None) -> list[str]:
+    """One line per run of the plan: id, method, variant, teacher, and its state under ``runs_root``."""
+    state = plan_state(profile, runs_root)
+    lines = []
+    for i, p in enumerate(plan or profile.plan(), 1):
+        extra = f" [{p.variant}]" if p.variant else ""
+        teacher = f" teacher={p.cfg.teacher}" if p.cfg.teacher else ""
+        lines.append(f"{i:4d}. {p.run_id}  {p.cfg.method}{extra}{teacher}  ({state[p.run_id]})")
+    return lines

@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 
 from harness.config import REPO, RUNS  # noqa: E402
 from harness.tables import PUBLISHED, RESULTS  # noqa: E402
-from harness.train import RunDir  # noqa: E402
+from harness.rundir import RunDir  # noqa: E402
 
 PLOTS = REPO / "plots"
 METHOD_STYLE = {  # one colour and marker per method, the same in every figure
@@ -144,26 +144,42 @@ def training_curves_plot(summary: pd.DataFrame, runs_root: Path, dataset: str, e
     return True
 
 
-def build_figures(results_dir: Path | None = None, plots_dir: Path | None = None, runs_root: Path | None = None,
-                  log=print) -> list[Path]:
-    """Every figure from results/summary.csv and the run records; returns the files written."""
+def build_figures(profiles: list | None = None, results_dir: Path | None = None, plots_dir: Path | None = None,
+                  runs_root: Path | None = None, log=print) -> list[Path]:
+    """Every figure of each profile from ``<results>/<profile>/summary.csv`` and the run records.
+
+    ``profiles``: Profile objects or names (default: every profile with a summary under ``results_dir``).
+    Figures go to ``<plots_dir>/<profile>/``; returns the files written.
+    """
+    from harness.config import Profile
+
     results_dir, plots_dir, runs_root = results_dir or RESULTS, plots_dir or PLOTS, runs_root or RUNS
-    summary_path = results_dir / "summary.csv"
-    if not summary_path.exists():
-        raise FileNotFoundError(f"{summary_path} does not exist; run `make tables` (or `make reproduce`) first")
-    summary = pd.read_csv(summary_path)
-    published = pd.read_csv(PUBLISHED)
-    plots_dir.mkdir(parents=True, exist_ok=True)
+    if profiles is None:
+        names = sorted(p.parent.name for p in results_dir.glob("*/summary.csv"))
+        if not names:
+            raise FileNotFoundError(f"no results/<profile>/summary.csv under {results_dir}; run `make tables` "
+                                    f"(or `make reproduce`) first")
+    else:
+        names = [p.name if isinstance(p, Profile) else str(p) for p in profiles]
     written = []
-    ok = summary[summary["status"] == "ok"]
-    for (dataset, label), _ in ok.groupby(["dataset", "eps_label"]):
-        slug = f"{dataset}_eps{str(label).replace('/', '-')}"
-        p = plots_dir / f"tradeoff_{slug}.png"
-        tradeoff_plot(summary, published, dataset, label, p)
-        written.append(p)
-        for name, fn in (("cert_vs_eps", eps_curve_plot), ("training_curves", training_curves_plot)):
-            p = plots_dir / f"{name}_{slug}.png"
-            if fn(summary, runs_root, dataset, label, p):
-                written.append(p)
-    log(f"wrote {len(written)} figure(s) to {plots_dir}")
+    published = pd.read_csv(PUBLISHED)
+    for name in names:
+        summary_path = results_dir / name / "summary.csv"
+        if not summary_path.exists():
+            raise FileNotFoundError(f"{summary_path} does not exist; run `make tables` (or `make reproduce`) first")
+        summary = pd.read_csv(summary_path, converters={"variant": str})  # an empty variant stays ""
+        folder = plots_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        plain = summary[summary["variant"] == ""]
+        ok = plain[plain["status"] == "ok"]
+        for (dataset, label), _ in ok.groupby(["dataset", "eps_label"]):
+            slug = f"{dataset}_eps{str(label).replace('/', '-')}"
+            p = folder / f"tradeoff_{slug}.png"
+            tradeoff_plot(plain, published, dataset, label, p)
+            written.append(p)
+            for fig_name, fn in (("cert_vs_eps", eps_curve_plot), ("training_curves", training_curves_plot)):
+                p = folder / f"{fig_name}_{slug}.png"
+                if fn(plain, runs_root, dataset, label, p):
+                    written.append(p)
+        log(f"wrote {len(written)} figure(s) to {folder}")
     return written

@@ -1,9 +1,13 @@
 """Result tables, built from stored run records only (no training, no certification).
 
-results/summary.csv          one tidy row per (profile, dataset, eps, method, arch, seed)
-results/summary_mean.csv     mean and standard deviation over seeds
-results/paper_comparison.csv our mean rows beside the published numbers of benchmarks/published.csv
-and a Markdown version of each (``.md``) for the README.
+Each profile's tables go to ``results/<profile>/``:
+
+summary.csv          one tidy row per run (dataset, eps, method, variant, arch, seed)
+summary_mean.csv     mean and standard deviation over seeds
+paper_comparison.csv our mean rows beside the published numbers of benchmarks/published.csv
+
+and a Markdown version of each (``.md``) for the README. Nothing in them depends on the machine
+that made them (no absolute paths).
 """
 
 from __future__ import annotations
@@ -16,25 +20,25 @@ import pandas as pd
 
 from harness.certify import CERTIFIERS, check_invariants, col, summarize
 from harness.config import BENCHMARKS, REPO, RUNS, Profile, load_profile
-from harness.train import RunDir, atomic_write_text
+from harness.rundir import RunDir, atomic_write_text
 
 RESULTS = REPO / "results"
 PUBLISHED = BENCHMARKS / "published.csv"
 
-KEYS = ["profile", "dataset", "eps", "eps_label", "method", "arch", "seed"]
+KEYS = ["profile", "dataset", "eps", "eps_label", "method", "variant", "arch", "seed"]
 ACC_COLUMNS = ["clean_acc", "pgd_acc"] + [col(c) for c in CERTIFIERS]
 SUMMARY_COLUMNS = KEYS + ["status", "n_test"] + ACC_COLUMNS + [
     "n_crown", "n_alpha_crown", "epochs", "train_time_s", "teacher_time_s", "cert_time_s", "run_id"]
 
 
 def dataset_unavailable(name: str) -> str | None:
-    """Why a dataset cannot be loaded here, or None when it can."""
+    """Why a dataset cannot be loaded here (in words that hold on any machine), or None when it can."""
     from harness.data import DatasetUnavailableError, ensure_dataset
 
     try:
         ensure_dataset(name, allow_download=False)
-    except DatasetUnavailableError as e:
-        return str(e).splitlines()[0]
+    except DatasetUnavailableError:
+        return f"{name} data not available on the machine that made this table (README, Data)"
     return None
 
 
@@ -42,13 +46,13 @@ def profile_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
     """Summary rows of one profile: measured where records exist, else the reason they don't."""
     runs_root = runs_root or RUNS
     rows = []
-    labels = {(s.dataset, s.eps): s.eps_label for s in profile.settings}
     missing: dict[str, str | None] = {}
-    for cfg in profile.runs():
+    for p in profile.plan():
+        cfg = p.cfg
         run = RunDir.of(cfg, runs_root)
-        row = {"profile": profile.name, "dataset": cfg.dataset, "eps": cfg.eps,
-               "eps_label": labels[(cfg.dataset, cfg.eps)], "method": cfg.method, "arch": cfg.arch,
-               "seed": cfg.seed, "epochs": cfg.epochs, "run_id": cfg.run_id}
+        row = {"profile": profile.name, "dataset": cfg.dataset, "eps": cfg.eps, "eps_label": p.setting.eps_label,
+               "method": cfg.method, "variant": p.variant, "arch": cfg.arch, "seed": cfg.seed, "epochs": cfg.epochs,
+               "run_id": cfg.run_id}
         meta_path = run.path / "certify.json"
         if meta_path.exists() and (run.path / "certify.csv").exists():
             df = pd.read_csv(run.path / "certify.csv")
@@ -56,7 +60,7 @@ def profile_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
             meta = json.loads(meta_path.read_text())
             manifest = run.read_manifest()
             row.update(summarize(df))
-            row.update({"status": "ok", "n_crown": meta["n_crown"], "n_alpha_crown": meta["n_alpha_crown"],
+            row.update({"status": "ok", "n_crown": meta.get("n_crown", 0), "n_alpha_crown": meta.get("n_alpha_crown", 0),
                         "train_time_s": manifest.get("train_time_s"),
                         "teacher_time_s": manifest.get("teacher_train_time_s"),
                         "cert_time_s": sum(meta["times_s"].values())})
@@ -91,23 +95,39 @@ def _write(df: pd.DataFrame, path: Path) -> None:
     atomic_write_text(path.with_suffix(".md"), markdown_table(df))
 
 
-def build_tables(profiles: list[str] | None = None, runs_root: Path | None = None,
-                 results_dir: Path | None = None, log=print) -> dict[str, pd.DataFrame]:
-    """Build every table from stored records; returns them by name."""
-    results_dir = results_dir or RESULTS
-    results_dir.mkdir(parents=True, exist_ok=True)
-    names = profiles or sorted(p.stem for p in BENCHMARKS.glob("*.toml"))
-    rows = []
-    for name in names:
-        rows += profile_rows(load_profile(name), runs_root)
-    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    if profiles is None:  # all profiles: keep only those with at least one measured row
-        measured = set(summary.loc[summary["status"] == "ok", "profile"])
-        summary = summary[summary["profile"].isin(measured)]
-    summary = summary.sort_values(["profile", "dataset", "eps", "method", "seed"], kind="stable")
+def build_tables(profiles: list[Profile | str] | None = None, runs_root: Path | None = None,
+                 results_dir: Path | None = None, log=print) -> dict[str, dict[str, pd.DataFrame]]:
+    """Build every table of each profile (default: each under benchmarks/ with measured runs).
 
+    Returns ``{profile name: {table name: DataFrame}}``; files go to ``<results_dir>/<profile>/``.
+    """
+    results_dir = results_dir or RESULTS
+    explicit = profiles is not None
+    names = profiles if explicit else sorted(p.stem for p in BENCHMARKS.glob("*.toml"))
+    out = {}
+    for item in names:
+        profile = item if isinstance(item, Profile) else load_profile(item)
+        summary = pd.DataFrame(profile_rows(profile, runs_root), columns=SUMMARY_COLUMNS)
+        if not explicit and not (summary["status"] == "ok").any():
+            continue
+        tables = profile_tables(profile, summary)
+        folder = results_dir / profile.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, df in tables.items():
+            _write(df, folder / f"{name}.csv")
+        skipped = summary[summary["status"].str.startswith("skipped")]
+        for (ds, label), grp in skipped.groupby(["dataset", "eps_label"]):
+            log(f"skipped {ds} eps {label} ({len(grp)} runs): {grp['status'].iloc[0][len('skipped: '):]}")
+        log(f"wrote {', '.join(f'{n}.csv' for n in tables)} (+ .md) to {folder}")
+        out[profile.name] = tables
+    return out
+
+
+def profile_tables(profile: Profile, summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The tables of one profile from its summary rows."""
+    summary = summary.sort_values(["dataset", "eps", "method", "variant", "seed"], kind="stable")
     ok = summary[summary["status"] == "ok"]
-    group = ["profile", "dataset", "eps", "eps_label", "method", "arch"]
+    group = ["profile", "dataset", "eps", "eps_label", "method", "variant", "arch"]
     if len(ok):
         agg = ok.groupby(group, sort=True)[ACC_COLUMNS].agg(["mean", "std"])
         agg.columns = [f"{a}_{b}" for a, b in agg.columns]
@@ -117,33 +137,25 @@ def build_tables(profiles: list[str] | None = None, runs_root: Path | None = Non
         agg = pd.DataFrame(columns=group + ["n_seeds"] + [f"{a}_{b}" for a in ACC_COLUMNS for b in ("mean", "std")])
 
     published = pd.read_csv(PUBLISHED)
-    best = _best_certified(agg)
+    best = _best_certified(agg[agg["variant"] == ""] if len(agg) else agg)
     comparison = best.merge(published.drop(columns=["eps"]), on=["dataset", "eps_label", "method"], how="left",
                             suffixes=("", "_published"))
     comparison = comparison.rename(columns={"arch_published": "published_arch", "clean_acc": "published_clean_acc",
                                             "cert_acc": "published_cert_acc", "source": "published_source"})
-
-    tables = {"summary": summary, "summary_mean": agg, "paper_comparison": comparison}
-    for name, df in tables.items():
-        _write(df, results_dir / f"{name}.csv")
-    skipped = summary[summary["status"].str.startswith("skipped")]
-    for (ds, label), grp in skipped.groupby(["dataset", "eps_label"]):
-        log(f"skipped {ds} eps {label} ({len(grp)} runs): {grp['status'].iloc[0][len('skipped: '):]}")
-    log(f"wrote {', '.join(f'{n}.csv' for n in tables)} (+ .md) to {results_dir}")
-    return tables
+    return {"summary": summary, "summary_mean": agg, "paper_comparison": comparison}
 
 
 def _best_certified(agg: pd.DataFrame) -> pd.DataFrame:
     """Our mean clean and best certified accuracy per setting (the certifier that certified most)."""
     out = agg[["profile", "dataset", "eps", "eps_label", "method", "arch", "n_seeds",
                "clean_acc_mean", "clean_acc_std", "pgd_acc_mean"]].copy()
-    cert_cols = [f"{col(c)}_mean" for c in ("ibp", "crown-ibp")]
-    out["cert_acc_mean"] = agg[cert_cols].max(axis=1) if len(agg) else []
-    out["cert_by"] = agg[cert_cols].idxmax(axis=1).str[len("cert_"):-len("_mean")] if len(agg) else []
+    # crown-ibp's column is cumulative (IBP or CROWN-IBP): the best full-test-set certificate
+    out["cert_acc_mean"] = agg[f"{col('crown-ibp')}_mean"] if len(agg) else []
+    out["cert_by"] = "ibp + crown-ibp"
     return out
 
 
-README_BEGIN = "<!-- results table: generated by harness.tables.readme_results_table from results/summary_mean.csv -->"
+README_BEGIN = "<!-- results table: generated by harness.tables.readme_results_table from results/cpu/summary_mean.csv -->"
 README_END = "<!-- end of results table -->"
 
 
@@ -154,13 +166,12 @@ def readme_results_table(agg: pd.DataFrame, profile: Profile) -> str:
     the cascade, and the CROWN and alpha-CROWN headers name the test prefix they ran on.
     ``tests/test_readme.py`` checks that the README shows exactly this table for the committed results.
     """
-    from harness.certify import CertifySettings
-
-    cs = CertifySettings.from_dict(profile.certify)
+    cs = profile.certify
     head = ["dataset", "eps", "method", "clean", f"PGD-{cs.pgd_steps}", "IBP (own = auto_LiRPA)", "+ CROWN-IBP",
-            f"+ CROWN (first {cs.n_crown})", f"+ alpha-CROWN (first {cs.n_alpha_crown})"]
+            f"+ CROWN ({cs.crown_samples} undecided max)", f"+ alpha-CROWN ({cs.alpha_crown_samples} undecided max)"]
     cols = ["clean_acc", "pgd_acc", col("ibp"), col("crown-ibp"), col("crown"), col("alpha-crown")]
-    mine = agg[agg["profile"] == profile.name]
+    variant = agg["variant"].fillna("") if "variant" in agg else ""
+    mine = agg[(agg["profile"] == profile.name) & (variant == "")]
     rows = []
     for s in profile.settings:
         for method in s.methods:

@@ -1,205 +1,36 @@
-"""The shared training loop, run directories, atomic checkpoints and exact resume.
+"""The shared training loop, with exact resume from a run folder's checkpoints.
 
-A run lives in ``runs/<run_id>/``:
-  config.json      the resolved RunConfig
-  checkpoint.pt    latest end-of-epoch state (model, optimiser, epoch, RNG), + .sha256 sidecar
-  checkpoint.prev.pt  the one before it (fallback when the latest is corrupted)
-  metrics.jsonl    one JSON line per finished epoch
-  manifest.json    provenance; ``status: finished`` marks a run that is never trained again
-The loop knows no method by name: it asks ``harness.methods`` for a loss.
+The loop knows no method by name: it asks ``harness.methods`` for a loss. Run folders, checkpoints and
+provenance are :mod:`harness.rundir`'s; devices and their arithmetic :mod:`harness.device`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import platform
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from harness.attacks import pgd_robust
 from harness.bounds.ibp import ibp_bounds
 from harness.bounds.spec import input_box, spec_matrix
-from harness.config import RUNS, REPO, ConfigError, RunConfig
-from harness.methods import METHODS, Batch, make_method
-from harness.models import build_model, frozen_batch_stats, ibp_init
+from harness.config import RUNS, ConfigError, RunConfig
+from harness.device import device_name, exact_arithmetic, resolve_device, training_arithmetic
+from harness.methods import METHODS, TERMS, Batch, make_method
+from harness.models import frozen_batch_stats, ibp_init
+from harness.rundir import (RunDir, atomic_write_text, git_commit, load_checkpoint, load_model, model_for, now,
+                            save_checkpoint, versions, write_json)
 from harness.schedules import eps_at, lr_at
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
-
-
-# ---- small utilities ------------------------------------------------------------------------------
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; ``cpu``/``cuda`` are taken as asked (error if unavailable)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so no reader sees a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a partial file behind
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict[str, str | None]:
-    import torchvision
-
-    try:
-        from importlib.metadata import version
-        lirpa = version("auto-lirpa")
-    except Exception:  # noqa: BLE001 - provenance only
-        lirpa = None
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "auto_LiRPA": lirpa}
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# ---- run directories -----------------------------------------------------------------------------
-
-@dataclass
-class RunDir:
-    """Paths of one run."""
-
-    path: Path
-
-    @classmethod
-    def of(cls, cfg: RunConfig, runs_root: Path | None = None) -> "RunDir":
-        return cls((runs_root or RUNS) / cfg.run_id)
-
-    config = property(lambda self: self.path / "config.json")
-    checkpoint = property(lambda self: self.path / "checkpoint.pt")
-    previous = property(lambda self: self.path / "checkpoint.prev.pt")
-    metrics = property(lambda self: self.path / "metrics.jsonl")
-    manifest = property(lambda self: self.path / "manifest.json")
-
-    def read_manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest.read_text()) if self.manifest.exists() else {}
-
-    @property
-    def finished(self) -> bool:
-        return self.read_manifest().get("status") == "finished"
-
-    def read_config(self) -> RunConfig:
-        return RunConfig.from_dict(json.loads(self.config.read_text()))
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics.exists():
-            return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def save_checkpoint(run: RunDir, state: dict[str, Any]) -> None:
-    """Atomically replace the latest checkpoint, keeping the previous one as a fallback."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
-    if run.checkpoint.exists():
-        os.replace(run.checkpoint, run.previous)
-        sidecar = run.checkpoint.with_suffix(".pt.sha256")
-        if sidecar.exists():
-            os.replace(sidecar, run.previous.with_suffix(".pt.sha256"))
-    atomic_write_bytes(run.checkpoint, data)
-    atomic_write_text(run.checkpoint.with_suffix(".pt.sha256"), hashlib.sha256(data).hexdigest() + "\n")
-
-
-def _load_verified(path: Path) -> dict[str, Any]:
-    sidecar = path.with_suffix(".pt.sha256")
-    if not sidecar.exists():
-        raise ValueError("no checksum sidecar")
-    if _sha256(path) != sidecar.read_text().strip():
-        raise ValueError("checksum mismatch (corrupted or truncated)")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def load_checkpoint(run: RunDir, log=print) -> dict[str, Any] | None:
-    """The newest good checkpoint, or None. A bad one is reported and set aside, never used."""
-    for path in (run.checkpoint, run.previous):
-        if not path.exists():
-            continue
-        try:
-            return _load_verified(path)
-        except Exception as e:  # noqa: BLE001 - any failure to read means "do not use"
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            os.replace(path, aside)
-            sidecar = path.with_suffix(".pt.sha256")
-            if sidecar.exists():
-                os.replace(sidecar, aside.with_name(aside.name + ".sha256"))
-            log(f"warning: checkpoint {path} is unusable ({e}); moved to {aside.name}, falling back")
-    return None
-
-
-def load_model(run: RunDir, device: torch.device | str = "cpu") -> nn.Module:
-    """The final model of a finished run, in eval mode."""
-    cfg = run.read_config()
-    state = load_checkpoint(run)
-    if state is None:
-        raise FileNotFoundError(f"run {run.path.name} has no usable checkpoint; train it again")
-    model = model_for(cfg)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
-
-
-def model_for(cfg: RunConfig) -> nn.Module:
-    from harness.data import get_info
-
-    info = get_info(cfg.dataset)
-    return build_model(cfg.arch, info.in_shape, info.num_classes, info.mean, info.std, cfg.width)
 
 
 # ---- teacher ---------------------------------------------------------------------------------------
@@ -260,6 +91,66 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model on ``device``; on CUDA in channels-last memory order, which tensor-core convolutions
+    prefer (the values and the state dict are unchanged; only the layout differs)."""
+    model = model.to(device)
+    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _to_layout(x: torch.Tensor, model_device: torch.device) -> torch.Tensor:
+    if model_device.type == "cuda" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class _EpochSums:
+    """Running sums of an epoch's loss terms and accuracy, kept on the device.
+
+    Reading a CUDA tensor's value waits for the GPU; doing it several times per step kept the GPU
+    idle between small kernels. The sums are read once per epoch (and every ``postfix_every`` steps
+    when a progress bar is shown). On the CPU reading costs nothing, so the non-finite-loss check
+    stays immediate there; on CUDA it is checked at the end of the epoch, before any checkpoint.
+    """
+
+    postfix_every = 25
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.terms: dict[str, torch.Tensor] = {}
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.seen = 0
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def add(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor], logits: torch.Tensor,
+            y: torch.Tensor) -> None:
+        n = len(y)
+        finite = torch.isfinite(loss.detach())
+        if self.device.type != "cuda" and not bool(finite):
+            self.first_bad_step.fill_(step)
+        else:
+            self.first_bad_step = torch.where((self.first_bad_step < 0) & ~finite,
+                                              torch.tensor(step, device=self.device), self.first_bad_step)
+        self.loss += loss.detach().double() * n
+        for k, v in terms.items():
+            self.terms[k] = self.terms.get(k, 0) + v.double() * n
+        self.correct += (logits.argmax(1) == y).sum()
+        self.seen += n
+
+    def bad_step(self) -> int | None:
+        step = int(self.first_bad_step)
+        return None if step < 0 else step
+
+    def row(self) -> dict[str, float | None]:
+        n = max(self.seen, 1)
+        out: dict[str, float | None] = {"loss": float(self.loss) / n, "train_acc": 100 * int(self.correct) / n}
+        out.update({k: float(self.terms[k]) / n if k in self.terms else None for k in TERMS})
+        return out
+
+
 def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None, progress: bool | None = None,
           log=print) -> RunDir:
     """Train ``cfg`` to completion, resuming from its last good checkpoint; a finished run is skipped."""
@@ -281,7 +172,8 @@ def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None
     tr_x, tr_y = images[:len(images) - n_val], labels[:len(labels) - n_val]
     if cfg.train_subset:
         tr_x, tr_y = tr_x[:cfg.train_subset], tr_y[:cfg.train_subset]
-    val_x, val_y = val_x.to(dev), val_y.to(dev)
+    # Data lives on the training device for the whole run: no host-to-device copy per batch.
+    tr_x, tr_y, val_x, val_y = (t.to(dev) for t in (tr_x, tr_y, val_x, val_y))
     steps_per_epoch = math.ceil(len(tr_x) / cfg.batch_size)
 
     run.path.mkdir(parents=True, exist_ok=True)
@@ -293,12 +185,12 @@ def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None
         ibp_init(model)
     teacher = None
     if teacher_run is not None:
-        teacher = load_model(teacher_run, dev)
+        teacher = prepare_model(load_model(teacher_run, dev), dev)
         for p in teacher.parameters():
             p.requires_grad_(False)
         if cfg.params.get("init_from_teacher"):
             model.load_state_dict(teacher.state_dict())
-    model.to(dev)
+    model = prepare_model(model, dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
     manifest = run.read_manifest() or {"run_id": cfg.run_id, "started": now(), "train_time_s": 0.0}
@@ -316,14 +208,16 @@ def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None
         atomic_write_text(run.metrics, "".join(json.dumps(m) + "\n" for m in kept))
     elif run.metrics.exists():
         run.metrics.unlink()
-    manifest.update({"status": "running", "device": str(dev), "seed": cfg.seed, "versions": versions(),
-                     "git_commit": git_commit(), "host": platform.node(), "method": cfg.method})
+    manifest.update({"status": "running", "device": str(dev), "device_name": device_name(dev), "seed": cfg.seed,
+                     "versions": versions(), "git_commit": git_commit(), "host": platform.node(),
+                     "method": cfg.method, "cpu_threads": torch.get_num_threads()})
     if teacher_run is not None:
         tm = teacher_run.read_manifest()
         manifest.update({"teacher": cfg.teacher, "teacher_train_time_s": tm.get("train_time_s")})
     write_json(run.manifest, manifest)
 
     show = sys.stderr.isatty() if progress is None else progress
+    l1_layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))] if cfg.l1 else []
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         lr = lr_at(epoch, cfg.lr, cfg.lr_milestones, cfg.lr_decay)
@@ -333,40 +227,42 @@ def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None
         loader = make_loader(tr_x, tr_y, cfg.batch_size, train=True, augment=info.augment, generator=gen,
                              device=dev)
         model.train()
-        sums: dict[str, float] = {}
-        correct = seen = 0
+        sums = _EpochSums(dev)
         bar = tqdm(loader, total=steps_per_epoch, desc=f"{cfg.method} {cfg.dataset} e{epoch + 1}/{cfg.epochs}",
                    disable=not show, leave=False, dynamic_ncols=True)
         eps = 0.0
-        for i, (x, y) in enumerate(bar):
-            step = epoch * steps_per_epoch + i
-            eps = eps_at(step, steps_per_epoch, cfg.train_eps, cfg.eps_ramp_start, cfg.eps_ramp_length,
-                         cfg.eps_schedule)
-            with frozen_batch_stats(model):
-                out = method(Batch(model, x, y, eps, cfg.train_eps, teacher))
-            loss = out.loss + cfg.l1 * sum(m.weight.abs().sum() for m in model.modules()
-                                           if isinstance(m, (nn.Conv2d, nn.Linear))) if cfg.l1 else out.loss
-            if not torch.isfinite(loss):
-                raise TrainingError(f"[{cfg.run_id}] loss became {loss.item()} at epoch {epoch + 1} step {i}; "
-                                    f"stopped; the checkpoint of epoch {epoch} is kept. Lower lr or check the data.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sums["loss"] = sums.get("loss", 0.0) + loss.item() * len(y)
-            for k, v in out.terms.items():
-                sums[k] = sums.get(k, 0.0) + v * len(y)
-            correct += int((out.clean_logits.argmax(1) == y).sum())
-            seen += len(y)
-            bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", acc=f"{100 * correct / seen:.1f}", eps=f"{eps:.3g}")
+        with training_arithmetic(dev):
+            for i, (x, y) in enumerate(bar):
+                step = epoch * steps_per_epoch + i
+                eps = eps_at(step, steps_per_epoch, cfg.train_eps, cfg.eps_ramp_start, cfg.eps_ramp_length,
+                             cfg.eps_schedule)
+                x = _to_layout(x, dev)
+                with frozen_batch_stats(model):
+                    out = method(Batch(model, x, y, eps, cfg.train_eps, teacher))
+                loss = out.loss + cfg.l1 * sum(m.weight.abs().sum() for m in l1_layers) if cfg.l1 else out.loss
+                sums.add(i, loss, out.terms, out.clean_logits, y)
+                if dev.type != "cuda" and sums.bad_step() is not None:
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                if show and i % sums.postfix_every == 0:
+                    r = sums.row()
+                    bar.set_postfix(loss=f"{r['loss']:.3f}", acc=f"{r['train_acc']:.1f}", eps=f"{eps:.3g}")
         bar.close()
+        bad = sums.bad_step()
+        if bad is not None:
+            raise TrainingError(f"[{cfg.run_id}] the loss became non-finite (nan or inf) at epoch {epoch + 1} step "
+                                f"{bad}; stopped; the checkpoint of epoch {epoch} is kept. Lower lr or check the data.")
         epoch_time = time.perf_counter() - t0
         manifest["train_time_s"] += epoch_time
-        row = {"epoch": epoch + 1, "eps": eps, "lr": lr, "train_acc": 100 * correct / max(seen, 1),
-               **{k: v / max(seen, 1) for k, v in sums.items()}, "epoch_time_s": epoch_time}
-        row.update(evaluate(model, val_x, val_y, eps, cfg.val_pgd_steps))
-        row["val_eps"] = eps
+        row = {"epoch": epoch + 1, "eps": eps, "lr": lr, **sums.row(), "epoch_time_s": epoch_time}
+        t1 = time.perf_counter()
+        with exact_arithmetic(dev):
+            row.update(evaluate(model, val_x, val_y, eps, cfg.val_pgd_steps))
+        row.update({"val_eps": eps, "val_time_s": time.perf_counter() - t1})
         save_checkpoint(run, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                               "rng": _rng_state(dev), "train_time_s": manifest["train_time_s"]})
         with open(run.metrics, "a") as f:

@@ -133,9 +133,9 @@ def test_attacks_run_in_eval_mode_and_bn_statistics_come_from_the_clean_pass(set
 
 
 @pytest.mark.parametrize("name, params, message", [
-    ("mtl_ibp", {"alpha": 2.0}, "alpha must lie in [0, 1]"),
-    ("ad_cert", {"teacher_input": "noisy"}, "teacher_input must be one of clean, adv"),
-    ("pgd", {"attack_steps": 0}, "attack_steps must be >= 1"),
+    ("mtl_ibp", {"alpha": 2.0}, "alpha = 2.0: input should be less than or equal to 1"),
+    ("ad_cert", {"teacher_input": "noisy"}, "teacher_input = 'noisy': input should be 'clean' or 'adv'"),
+    ("pgd", {"attack_steps": 0}, "attack_steps = 0: input should be greater than or equal to 1"),
     ("sabr", {}, "unknown method 'sabr'"),
 ])
 def test_bad_parameters_are_clear_errors(name, params, message):

@@ -51,7 +51,7 @@ def test_readme_results_table_is_the_committed_summary():
     from harness.config import load_profile
     from harness.tables import README_BEGIN, README_END, readme_results_table
 
-    want = readme_results_table(committed_csv("results/summary_mean.csv"), load_profile("cpu"))
+    want = readme_results_table(committed_csv("results/cpu/summary_mean.csv"), load_profile("cpu"))
     assert want.count("\n") > 10  # the committed results hold the cpu profile's rows
     assert shown_between(README_BEGIN, README_END) == want
 

@@ -15,7 +15,8 @@ import torch
 
 from harness.config import ConfigError, RunConfig
 from harness.methods import METHODS
-from harness.train import RunDir, TrainingError, load_checkpoint, load_model, train
+from harness.rundir import RunDir, load_checkpoint, load_model
+from harness.train import TrainingError, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -168,14 +169,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"method": "nope"}, "unknown method 'nope'; known: standard, pgd"),
-    ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; known:"),
-    ({"arch": "resnet"}, "unknown architecture 'resnet'; known:"),
-    ({"eps": -0.1}, "eps must be >= 0"),
-    ({"method": "mtl_ibp", "params": {"alpha": 1.5}}, "alpha must lie in [0, 1]"),
-    ({"method": "ad_cert", "params": {"alpha": -0.1}, "teacher": "x"}, "alpha must lie in [0, 1]"),
+    ({"method": "nope"}, "method = 'nope': input should be 'standard', 'pgd'"),
+    ({"dataset": "imagenet"}, "dataset = 'imagenet': input should be 'mnist'"),
+    ({"arch": "resnet"}, "arch = 'resnet': input should be 'cnn_small'"),
+    ({"eps": -0.1}, "eps = -0.1: input should be greater than or equal to 0"),
+    ({"method": "mtl_ibp", "params": {"alpha": 1.5}}, "params.alpha = 1.5: input should be less than or equal to 1"),
+    ({"method": "ad_cert", "params": {"alpha": -0.1}, "teacher": "x"}, "params.alpha = -0.1: input should be"),
     ({"method": "ad_cert"}, "needs a teacher"),
-    ({"method": "pgd", "params": {"attack_stepz": 3}}, "unknown parameter(s) attack_stepz"),
+    ({"method": "pgd", "params": {"attack_stepz": 3}}, "params.attack_stepz: unknown key; did you mean 'attack_steps'"),
 ])
 def test_bad_config_is_refused_before_anything_is_written(tmp_path, change, message):
     with pytest.raises(ConfigError) as e:
@@ -202,12 +203,12 @@ def test_cli_bad_input_exits_non_zero_with_a_clear_message(tmp_path):
     r = subprocess.run([sys.executable, "-m", "harness", "train", str(bad), "--runs", str(tmp_path / "runs")],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode != 0
-    assert "unknown method 'sabre'" in r.stderr and "Traceback" not in r.stderr
+    assert "method = 'sabre'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()
 
 
 def test_device_auto_resolves_and_unknown_device_is_refused():
-    from harness.train import resolve_device
+    from harness.device import resolve_device
 
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ConfigError):

@@ -7,7 +7,7 @@ statistics, as in CTBench) and restores the caller's mode afterwards.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -42,14 +42,25 @@ def _loss_per_sample(logits: torch.Tensor, y: torch.Tensor, kind: str,
     raise ValueError(f"unknown attack loss {kind!r}; known: {', '.join(ATTACK_LOSSES)}")
 
 
+#: Random starts of an attack: restart index -> uniform noise in [-1, 1] of the batch's shape.
+StartNoise = Callable[[int], torch.Tensor]
+
+
+def _keep_better(better: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Per sample, ``new`` where ``better`` else ``old`` (a select, not a masked copy: no device sync)."""
+    return torch.where(better.view((-1,) + (1,) * (new.dim() - 1)), new, old)
+
+
 def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int,
                step_size: float | None = None, restarts: int = 1, loss: str = "ce",
-               target_log_probs: torch.Tensor | None = None) -> torch.Tensor:
+               target_log_probs: torch.Tensor | None = None, start_noise: StartNoise | None = None) -> torch.Tensor:
     """Return, per sample, the point of B(x, eps) ∩ [0, 1] with the highest attack loss found.
 
     Random uniform start, ``steps`` signed-gradient ascent steps of ``step_size`` (default
     2.5 * eps / steps), projection after each step; the best point over steps and restarts is kept.
-    Randomness comes from torch's global generator, so a seeded run is reproducible.
+    The random starts come from ``start_noise`` when given (evaluation: a function of the sample and
+    a seed, see :class:`harness.randomness.SampleNoise`), else from torch's global generator (training:
+    seeded by the run and saved in its checkpoints).
     """
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
@@ -67,8 +78,11 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
         for p in params:  # gradients w.r.t. the input only
             p.requires_grad_(False)
         try:
-            for _ in range(restarts):
-                delta = torch.empty_like(x).uniform_(-1.0, 1.0) * eps
+            for r in range(restarts):
+                if start_noise is None:
+                    delta = torch.empty_like(x).uniform_(-1.0, 1.0) * eps
+                else:
+                    delta = start_noise(r).to(device=x.device, dtype=x.dtype) * eps
                 x_adv = torch.min(torch.max(x + delta, lo), hi)
                 for _ in range(steps):
                     x_adv.requires_grad_(True)
@@ -77,13 +91,13 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
                     with torch.no_grad():
                         better = per_sample.detach() > best_loss
                         best_loss = torch.where(better, per_sample.detach(), best_loss)
-                        best_x[better] = x_adv.detach()[better]
+                        best_x = _keep_better(better, x_adv.detach(), best_x)
                         x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), lo), hi)
                 with torch.no_grad():
                     final = _loss_per_sample(model(x_adv), y, loss, target_log_probs)
                     better = final > best_loss
                     best_loss = torch.where(better, final, best_loss)
-                    best_x[better] = x_adv[better]
+                    best_x = _keep_better(better, x_adv, best_x)
         finally:
             for p in params:
                 p.requires_grad_(True)
@@ -92,7 +106,8 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
 
 @torch.no_grad()
 def pgd_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 50,
-               restarts: int = 3, step_size: float | None = None) -> torch.Tensor:
+               restarts: int = 3, step_size: float | None = None, start_noise: StartNoise | None = None
+               ) -> torch.Tensor:
     """Evaluation attack: True where no point found by margin-loss PGD is misclassified.
 
     The clean point counts too, so a misclassified sample is never robust.
@@ -100,6 +115,7 @@ def pgd_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
     with eval_mode(model):
         robust = model(x).argmax(1) == y
         if eps > 0:
-            x_adv = pgd_attack(model, x, y, eps, steps=steps, restarts=restarts, step_size=step_size, loss="margin")
+            x_adv = pgd_attack(model, x, y, eps, steps=steps, restarts=restarts, step_size=step_size, loss="margin",
+                               start_noise=start_noise)
             robust &= model(x_adv).argmax(1) == y
     return robust

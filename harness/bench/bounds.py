@@ -39,7 +39,7 @@ from harness.bounds.spec import input_box, spec_matrix
 from harness.config import REPO
 from harness.data import get_info
 from harness.models import build_model
-from harness.train import resolve_device
+from harness.device import resolve_device
 
 MODELS: list[tuple[str, int | None]] = [("cnn_small", None), ("cnn7", 64)]
 EPS = 0.1
@@ -201,7 +201,7 @@ def _log_targets(df: pd.DataFrame, log: Callable[[str], None]) -> None:
 
 def _write_csv_atomic(df: pd.DataFrame, out: Path) -> None:
     """Write the table atomically (temporary file, then rename), creating its folder."""
-    from harness.train import atomic_write_text
+    from harness.rundir import atomic_write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, df.to_csv(index=False))

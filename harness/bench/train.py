@@ -135,7 +135,8 @@ def bench_train(device: str = "auto", repeats: int = 7, batch: int = 128, out: P
                 models=MODELS, variants=VARIANTS, log=print) -> pd.DataFrame:
     """Median milliseconds and GFLOPs of one optimiser step per method and model; writes a CSV."""
     from harness.data import get_info
-    from harness.train import atomic_write_text, resolve_device
+    from harness.device import resolve_device
+    from harness.rundir import atomic_write_text
 
     dev = resolve_device(device)
     info = get_info("mnist")
