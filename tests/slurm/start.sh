@@ -229,12 +229,15 @@ wait_for() {
     done
 }
 
-port_free() { ! ports_in_use | grep -qx "$1"; }
 need_port() {
-    # A port held by someone else means another service (perhaps another SLURM) took it since the
-    # configuration was written: starting would talk to, or fight with, that service.
-    port_free "$2" || fail "port $2 for $1 is in use by another process ($(command -v ss >/dev/null && ss -Hltnp "sport = :$2" | head -n1)); stop it or use a new STATE_DIR"
+    # A port another program listens on (perhaps another SLURM) since the configuration was
+    # written: starting would talk to, or fight with, that program. (Connections of a daemon that
+    # just stopped may linger in TIME_WAIT; the daemons rebind past those.)
+    if ports_in_use listen | grep -qx "$2"; then
+        fail "port $2 for $1 is taken by another program${HAVE_SS:+ ($(ss -Hltnp "sport = :$2" | head -n1))}; stop it, or start from a new STATE_DIR (its configuration picks free ports)"
+    fi
 }
+HAVE_SS=$(command -v ss || true)
 listening() { ports_in_use listen | grep -qx "$1"; }
 
 munge_ok() { munge -n -S "$MUNGE_SOCKET" | unmunge -S "$MUNGE_SOCKET"; }
