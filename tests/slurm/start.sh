@@ -33,7 +33,7 @@ cannot_run() { echo "start.sh: SLURM cannot run here: $*" >&2; exit 77; }
 mkdir -p -- "$1"
 STATE=$(cd -- "$1" && pwd -P)
 
-[[ $(id -u) -eq 0 ]] || cannot_run "it must run as root (slurmd starts jobs as their user and SlurmUser=root here); run the tests as root"
+[[ $(id -u) -eq 0 ]] || cannot_run "it must run as root (slurmd runs jobs as their users, and this cluster's SlurmUser is root); run the tests as root"
 
 # ---------------------------------------------------------------- packages
 installed() {
@@ -158,7 +158,8 @@ SelectTypeParameters=CR_Core
 JobRequeue=1
 ReturnToService=2
 # Short timeouts for a test: a dead daemon shows within seconds, and a cancelled job that ignores
-# SIGTERM (submitit's job process does) is killed 2 s later instead of 30.
+# SIGTERM (submitit's job process does) gets SIGKILL about 7 s after scancel (slurmd waits at
+# least 5 s) instead of 30+.
 SlurmdTimeout=10
 MessageTimeout=5
 KillWait=2
@@ -180,13 +181,8 @@ NODE=$(conf_value NodeName | cut -d' ' -f1)
 export SLURM_CONF=$CONF MYSQL_UNIX_PORT=$DB_SOCKET
 
 # ---------------------------------------------------------------- daemons
-# PID of daemon $1 recorded by this script, if that process is still that daemon.
-running_pid() {
-    local f=$STATE/pid/$1 pid
-    [[ -f $f ]] || return 1
-    pid=$(<"$f")
-    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$1" ]] && echo "$pid"
-}
+# shellcheck source=pids.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/pids.sh"
 
 show_logs() {
     local f
@@ -202,7 +198,7 @@ fail() { echo "start.sh: error: $*" >&2; show_logs; echo "start.sh: stop what di
 launch() {
     local name=$1 pid i
     shift
-    if pid=$(running_pid "$name"); then
+    if pid=$(running_pid "$STATE" "$name"); then
         echo "start.sh: $name already running (pid $pid)" >&2
         return
     fi
@@ -210,11 +206,11 @@ launch() {
     pid=$!
     # setsid execs the daemon in place (the background child is not a group leader), so $! is its PID.
     for i in $(seq 50); do
-        [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]] && break
+        is_daemon "$pid" "$name" && break
         kill -0 "$pid" 2>/dev/null || fail "$name exited at once (see $STATE/log/$name.out)"
         sleep 0.1
     done
-    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]] || fail "process $pid did not become $name"
+    is_daemon "$pid" "$name" || fail "process $pid did not become $name (see $STATE/log/$name.out)"
     echo "$pid" >"$STATE/pid/$name"
 }
 
@@ -223,7 +219,7 @@ wait_for() {
     local limit=$1 t0=$SECONDS
     shift
     until "$@" >/dev/null 2>&1; do
-        running_pid "$DAEMON" >/dev/null || fail "$DAEMON died while starting"
+        running_pid "$STATE" "$DAEMON" >/dev/null || fail "$DAEMON died while starting"
         (( SECONDS - t0 < limit )) || fail "$DAEMON not ready after ${limit} s (waited for: $*)"
         sleep 0.2
     done
@@ -261,7 +257,7 @@ wait_for 15 munge_ok
 # sizes for a database of a few jobs: slurmdbd logs "error: Database settings not recommended
 # values: innodb_buffer_pool_size innodb_log_file_size" for them, which is harmless here.
 DAEMON=mariadbd
-running_pid mariadbd >/dev/null || rm -f "$DB_SOCKET"
+running_pid "$STATE" mariadbd >/dev/null || rm -f "$DB_SOCKET"
 launch mariadbd mariadbd --no-defaults --user=root --datadir="$STATE/db/data" --tmpdir="$STATE/db/tmp" \
     --socket="$DB_SOCKET" --pid-file="$STATE/run/mariadbd.pid" --log-error="$STATE/db/mysqld.log" \
     --skip-networking --skip-grant-tables --innodb-buffer-pool-size=32M --innodb-log-file-size=16M \
@@ -270,19 +266,19 @@ wait_for 60 test -S "$DB_SOCKET"
 
 DAEMON=slurmdbd
 DBD_PORT=$(sed -n 's/^DbdPort=//p' "$STATE/etc/slurmdbd.conf")
-running_pid slurmdbd >/dev/null || need_port slurmdbd "$DBD_PORT"
+running_pid "$STATE" slurmdbd >/dev/null || need_port slurmdbd "$DBD_PORT"
 launch slurmdbd slurmdbd -D
 wait_for 60 listening "$DBD_PORT"
 
 DAEMON=slurmctld
-running_pid slurmctld >/dev/null || need_port slurmctld "$(conf_value SlurmctldPort)"
+running_pid "$STATE" slurmctld >/dev/null || need_port slurmctld "$(conf_value SlurmctldPort)"
 launch slurmctld slurmctld -D -f "$CONF"
 wait_for 60 scontrol ping
 # slurmctld adds its cluster to slurmdbd when it first registers; sacct needs that.
 wait_for "$WAIT_S" cluster_registered
 
 DAEMON=slurmd
-running_pid slurmd >/dev/null || need_port slurmd "$(conf_value SlurmdPort)"
+running_pid "$STATE" slurmd >/dev/null || need_port slurmd "$(conf_value SlurmdPort)"
 launch slurmd slurmd -D -f "$CONF" -N "$NODE"
 wait_for "$WAIT_S" node_idle
 

@@ -17,25 +17,12 @@ TERM_WAIT_S=${SLURM_TEST_STOP_WAIT_S:-15}
 STATE=$(cd -- "$1" && pwd -P)
 export SLURM_CONF=$STATE/etc/slurm.conf
 
-recorded_pid() {
-    local f=$STATE/pid/$1 pid
-    [[ -f $f ]] || return 1
-    pid=$(<"$f")
-    [[ $pid =~ ^[0-9]+$ ]] || { echo "stop.sh: $f does not hold a PID; left alone" >&2; return 1; }
-    echo "$pid"
-}
-# PID $1 is daemon $2, alive: a zombie (exited, not yet reaped by its new parent) counts as gone.
-is_daemon() {
-    [[ $(cat "/proc/$1/comm" 2>/dev/null) == "$2" ]] || return 1
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }  # the fields after "(comm) ": the first is the state
-    [[ ${stat%% *} != Z ]]
-}
+# shellcheck source=pids.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/pids.sh"
 
 # Cancel what is left on the cluster while slurmctld and slurmd still run, and wait until the job
 # steps are gone (KillWait in slurm.conf bounds how long a step may ignore SIGTERM).
-if pid=$(recorded_pid slurmctld) && is_daemon "$pid" slurmctld && [[ -f $SLURM_CONF ]]; then
+if pid=$(recorded_pid "$STATE" slurmctld) && is_daemon "$pid" slurmctld && [[ -f $SLURM_CONF ]]; then
     if [[ -n $(squeue -h -o %i 2>/dev/null) ]]; then
         echo "stop.sh: cancelling the jobs left on the test cluster" >&2
         scancel --user=root 2>/dev/null
@@ -48,7 +35,7 @@ fi
 
 status=0
 for name in slurmd slurmctld slurmdbd mariadbd munged; do
-    pid=$(recorded_pid "$name") || continue
+    pid=$(recorded_pid "$STATE" "$name") || continue
     if ! is_daemon "$pid" "$name"; then
         echo "stop.sh: $name (pid $pid) is not running" >&2
         rm -f "$STATE/pid/$name"

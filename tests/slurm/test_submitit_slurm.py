@@ -142,7 +142,7 @@ def test_submit_returns_result_and_writes_log(slurm_cluster, tmp_path):
 
 def test_dependent_job_starts_after_its_dependency(slurm_cluster, tmp_path):
     executor = _executor(slurm_cluster, tmp_path)
-    first = executor.submit(timed_sleep, 3.0)
+    first = executor.submit(timed_sleep, 4.0)
     # Control: a job with no dependency runs beside `first` (two 1-CPU jobs at once), so the
     # order asserted for `second` comes from the dependency, not from a cluster running one job.
     beside = executor.submit(timed_sleep, 0.1)
@@ -159,7 +159,7 @@ def test_dependent_job_starts_after_its_dependency(slurm_cluster, tmp_path):
 
 def test_checkpointable_job_is_requeued_and_resumes(slurm_cluster, tmp_path):
     log = tmp_path / "steps.txt"
-    total = 12
+    total = 16  # 4 s of steps: the signal, sent after 3 steps, lands well before the last one
     job = _executor(slurm_cluster, tmp_path / "jobs").submit(StepCounter(log, total, 0.25))
     _wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, "3 steps")
     # What SLURM sends before a time limit (submitit's --signal=USR2@...): USR2 to the job's
@@ -188,7 +188,7 @@ def test_cancelled_job_is_cancelled_and_its_result_raises(slurm_cluster, tmp_pat
     _wait_for(started.exists, "the job to start")
     subprocess.run(["scancel", job.job_id], check=True)
     _wait_done(job)
-    assert job.state.startswith("CANCELLED")
+    assert job.state.startswith("CANCELLED")  # what submitit read from sacct ("CANCELLED by 0")
     # submitit waits this long for a result file a slow shared file system may not show yet;
     # 15 s by default. Here the folder is local, and no result will ever come.
     job._results_timeout_s = 1
