@@ -208,10 +208,10 @@ class SlurmExecutor:
         import submitit
 
         s = self.settings
-        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=s.max_requeues)
         extra = {"dependency": f"afterok:{dependency}"} if dependency else {}
         params = {"name": name, "timeout_min": s.timeout_min, "cpus_per_task": s.cpus_per_task,
-                  "slurm_max_num_timeout": s.max_requeues, "slurm_additional_parameters": extra}
+                  "slurm_additional_parameters": extra}
         if s.gpus_per_node:
             params["gpus_per_node"] = s.gpus_per_node
         if s.mem_gb:

@@ -167,7 +167,7 @@ def build_figures(profiles: list | None = None, results_dir: Path | None = None,
         summary_path = results_dir / name / "summary.csv"
         if not summary_path.exists():
             raise FileNotFoundError(f"{summary_path} does not exist; run `make tables` (or `make reproduce`) first")
-        summary = pd.read_csv(summary_path, converters={"variant": str})  # an empty variant stays ""
+        summary = pd.read_csv(summary_path, dtype={"variant": str}).fillna({"variant": ""})
         folder = plots_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         plain = summary[summary["variant"] == ""]

@@ -27,6 +27,8 @@ PUBLISHED = BENCHMARKS / "published.csv"
 
 KEYS = ["profile", "dataset", "eps", "eps_label", "method", "variant", "arch", "seed"]
 ACC_COLUMNS = ["clean_acc", "pgd_acc"] + [col(c) for c in CERTIFIERS]
+#: Columns of summary.csv that are measured wall times (the only ones two runs of the same code may differ in).
+TIME_COLUMNS = ("train_time_s", "teacher_time_s", "cert_time_s")
 SUMMARY_COLUMNS = KEYS + ["status", "n_test"] + ACC_COLUMNS + [
     "n_crown", "n_alpha_crown", "epochs", "train_time_s", "teacher_time_s", "cert_time_s", "run_id"]
 

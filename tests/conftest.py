@@ -28,7 +28,3 @@ def smoke_inline(tmp_path_factory) -> SmokeRun:
     assert reproduce("smoke", device="cpu", threads=1, log=run.logs.append, **run.dirs) == 0
     run.seconds = time.perf_counter() - t
     return run
-
-
-#: Columns of summary.csv that are measured times, which differ between any two runs.
-TIME_COLUMNS = ("train_time_s", "teacher_time_s", "cert_time_s")
