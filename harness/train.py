@@ -185,7 +185,10 @@ def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None
         ibp_init(model)
     teacher = None
     if teacher_run is not None:
-        teacher = prepare_model(load_model(teacher_run, dev), dev)
+        # Built without touching the global generator (a fresh model draws its default init), so a
+        # student's random stream (its attacks' starts) is that of a teacher-free run of the same seed.
+        with torch.random.fork_rng(devices=[]):
+            teacher = prepare_model(load_model(teacher_run, dev), dev)
         for p in teacher.parameters():
             p.requires_grad_(False)
         if cfg.params.get("init_from_teacher"):
