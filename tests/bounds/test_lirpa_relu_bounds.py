@@ -1,7 +1,9 @@
 """harness.bounds.lirpa.lirpa_relu_bounds: auto_LiRPA's pre-activation bounds of every ReLU.
 
-Real MNIST test images: whole for the MLP, their central 10x10 crop for cnn_small (full-size
-alpha-CROWN on cnn_small takes tens of seconds on two cores).
+Real MNIST test images: whole for the MLP, the central 10x10 crop of one for cnn_small (full-size
+alpha-CROWN on cnn_small takes tens of seconds on two cores). Soundness is probed at 200 random
+points of each box and, for every ReLU input neuron, at the two corners its gradient at the box
+center points to (which attain the exact extremes in the first layer).
 """
 
 from __future__ import annotations
@@ -71,13 +73,12 @@ def _own_ibp(model, x):
 
 
 def _preacts(model: nn.Module, points: torch.Tensor) -> list[torch.Tensor]:
-    """Every ReLU input of model(points), in forward order."""
+    """Every ReLU input of model(points), in forward order (differentiable)."""
     seen = []
     handles = [m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
                for m in model.modules() if isinstance(m, nn.ReLU)]
     try:
-        with torch.no_grad():
-            model(points)
+        model(points)
     finally:
         for h in handles:
             h.remove()
@@ -96,18 +97,42 @@ def test_shapes_match_own_ibp(cases, bounds, name, method):
         assert (lo <= up).all()
 
 
+def _probe_points(model64: nn.Module, center: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                  gen: torch.Generator) -> torch.Tensor:
+    """200 random points of the box (half of them corners), and for every ReLU input neuron the two
+    corners its gradient at the center points to (its exact extremes in the first layer)."""
+    u = torch.rand((200,) + tuple(center.shape), generator=gen, dtype=torch.float64)
+    u[100:] = (u[100:] > 0.5).double()
+
+    def flat_preacts(point):
+        return torch.cat([z.flatten() for z in _preacts(model64, point.unsqueeze(0))])
+
+    jac = torch.autograd.functional.jacobian(flat_preacts, center)  # (neurons, *input shape)
+    up = torch.where(jac > 0, hi, lo)
+    down = torch.where(jac > 0, lo, hi)
+    return torch.cat([lo + u * (hi - lo), up, down])
+
+
+@pytest.fixture(scope="module")
+def probed(cases) -> dict[str, list[list[torch.Tensor]]]:
+    """Per case and sample: the ReLU inputs (float64 model, Normalize included) at its probe points."""
+    out = {}
+    gen = torch.Generator().manual_seed(5)
+    for name, (model, x, _) in cases.items():
+        model64 = copy.deepcopy(model).double()
+        lo, hi = input_box(x.double(), EPS)
+        out[name] = []
+        for b in range(x.shape[0]):
+            points = _probe_points(model64, x[b].double(), lo[b], hi[b], gen)
+            with torch.no_grad():
+                out[name].append(_preacts(model64, points))
+    return out
+
+
 @pytest.mark.parametrize("name", ["cnn_small", "mlp"])
 @pytest.mark.parametrize("method", ["crown", "alpha-crown"])
-def test_sampled_preactivations_inside(cases, bounds, name, method):
-    """200 random points of each box (through the float64 model, Normalize included) lie within the bounds."""
-    model, x, _ = cases[name]
-    model64 = copy.deepcopy(model).double()
-    lo, hi = input_box(x.double(), EPS)
-    gen = torch.Generator().manual_seed(5)
-    for b in range(x.shape[0]):
-        u = torch.rand((200,) + tuple(x.shape[1:]), generator=gen, dtype=torch.float64)
-        u[100:] = (u[100:] > 0.5).double()  # half of them corners
-        z = _preacts(model64, lo[b] + u * (hi[b] - lo[b]))
+def test_sampled_preactivations_inside(bounds, probed, name, method):
+    for b, z in enumerate(probed[name]):
         for k, ((low, up), zk) in enumerate(zip(bounds[(name, method)], z)):
             low, up = low[b].double(), up[b].double()
             tol = fp_tolerance(torch.maximum(low.abs().max(), up.abs().max()), torch.float32)
