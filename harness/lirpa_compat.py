@@ -21,9 +21,10 @@ The fixes, as short names recorded in :data:`APPLIED_PATCHES` when applied:
                     TorchScript exporter to ``torch.onnx._internal.torchscript_exporter``. The
                     missing names are provided on torch's modules for the import only.
 ``no-torchscript``  auto_LiRPA's ``@torch.jit.script`` helpers fail on CUDA in the TorchScript
-                    interpreter (torch 2.11 + CUDA 13, H100: "CUDA driver error: invalid argument"
-                    in ``ClampedMultiplication.clamp_mutiply_forward``, CROWN on a conv model), and
-                    ``torch.jit.script`` is deprecated on torch 2.14. While auto_LiRPA's modules
+                    interpreter (torch 2.11 + CUDA 13, H100: "CUDA driver error: invalid argument",
+                    CROWN on CNN7 at batch 8; batch 6 ran), and ``torch.jit.script`` is deprecated
+                    on torch 2.14. Cost on CUDA: no TorchScript fusion, so more memory (CROWN, CNN7,
+                    batch 6: 48.8 instead of 35.7 GiB peak). While auto_LiRPA's modules
                     execute, ``torch.jit.script`` returns auto_LiRPA's own functions unchanged (what
                     ``PYTORCH_JIT=0`` does, for auto_LiRPA only); afterwards it is restored. The
                     11 functions of 0.3 (kept in ``_ORIGINALS``): ``BoundActivation.bound_forward_w``,
@@ -61,11 +62,11 @@ Not a patch but required of every caller: :func:`safe_bound_opts` (``sparse_feat
 off), which avoids a shape mismatch in 0.3's ``reconstruct_full_alpha`` when > ~90% of a conv
 layer's ReLUs are unstable.
 
-Import hygiene: the ``torch.jit.script is deprecated`` FutureWarning raised while auto_LiRPA's
-decorators run (without ``no-torchscript``) or by its need-check is silenced (that warning only); auto_LiRPA's ``warnings.simplefilter("once")`` and
-``logging.basicConfig`` (both process-wide) are undone after the import; its appdirs user-data
-folder (created at import, never used) is put under the temp directory instead of
-``~/.local/share``.
+Import hygiene: the ``torch.jit.script is deprecated`` FutureWarning raised by the need-check of
+``no-torchscript`` or, without that patch, by auto_LiRPA's decorators is silenced (that warning
+only); auto_LiRPA's ``warnings.simplefilter("once")`` and ``logging.basicConfig`` (both
+process-wide) are undone after the import; its appdirs user-data folder (created at import, never
+used) is put under the temp directory instead of ``~/.local/share``.
 """
 
 from __future__ import annotations

@@ -228,6 +228,7 @@ SCRIPTED_IN_0_3 = {
     "auto_LiRPA.operators.linear.BoundLinear.bound_forward_mul",
     "auto_LiRPA.operators.pooling.BoundMaxPool.jit_mutiply",
 }
+RELU_UPPER_BOUND = "auto_LiRPA.operators.activation.BoundRelu._relu_upper_bound"
 
 
 def test_torchscript_detector():
@@ -268,11 +269,11 @@ def test_scripted_lirpa_functions_finds_a_scripted_static_method(monkeypatch):
     """The emptiness check above can fail: a ScriptFunction put back is reported."""
     from auto_LiRPA.operators.activation import BoundRelu
 
-    fn = compat._ORIGINALS.get("no-torchscript", {}).get("auto_LiRPA.operators.activation.BoundRelu._relu_upper_bound")
+    fn = compat._ORIGINALS.get("no-torchscript", {}).get(RELU_UPPER_BOUND)
     if fn is None:
         pytest.skip("no-torchscript not applied")
     monkeypatch.setattr(BoundRelu, "_relu_upper_bound", staticmethod(_script_quietly(fn)))
-    assert compat.scripted_lirpa_functions() == ["auto_LiRPA.operators.activation.BoundRelu._relu_upper_bound"]
+    assert compat.scripted_lirpa_functions() == [RELU_UPPER_BOUND]
 
 
 def _torchscript_restored(monkeypatch) -> None:
@@ -302,10 +303,12 @@ def _bounds_by_method(net: nn.Module, x: torch.Tensor, eps: float) -> dict[str, 
 def _tiny_net(arch: str, gen: torch.Generator) -> tuple[nn.Module, torch.Tensor]:
     if arch == "conv":  # conv layers: auto_LiRPA's default "patches" mode
         net = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(),
-                            nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4, 5))
+                            nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(4 * 4, 5))
         x = torch.rand(2, 1, 8, 8, generator=gen)
     else:
-        net = nn.Sequential(nn.Flatten(), nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 5))
+        net = nn.Sequential(nn.Flatten(), nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                            nn.Linear(16, 5))
         x = torch.rand(2, 20, generator=gen)
     with torch.no_grad():
         for p in net.parameters():
@@ -338,7 +341,7 @@ def test_no_torchscript_bounds_identical_to_torchscript(arch, monkeypatch):
 def test_relu_upper_bound_values_identical_gradients_rounded_differently():
     """The one scripted helper alpha-CROWN differentiates through its inputs: same values, same
     gradients up to rounding (TorchScript's symbolic derivative vs eager autograd)."""
-    fn = compat._ORIGINALS.get("no-torchscript", {}).get("auto_LiRPA.operators.activation.BoundRelu._relu_upper_bound")
+    fn = compat._ORIGINALS.get("no-torchscript", {}).get(RELU_UPPER_BOUND)
     if fn is None:
         pytest.skip("no-torchscript not applied")
     scripted = _script_quietly(fn)

@@ -1,4 +1,4 @@
-"""alpha-CROWN where CROWN finds a layer fully stable (0.3's empty sparse-spec alpha), and the cache after a failure.
+"""alpha-CROWN where CROWN finds a layer fully stable (0.3's empty sparse-spec alpha); cache after a failure.
 
 The shapes are those of the issue (MLPs with and without BatchNorm1d, two-conv networks with and
 without BatchNorm2d; one MNIST test image; eps 0.001), with seeds and images found to make
@@ -41,8 +41,8 @@ def _build(shape: str, seed: int) -> nn.Sequential:
         layers = [Normalize([0.1307], [0.3081])]
         channels = 1
         for out in (4, 8):  # 28 -> 14 -> 7
-            layers += [nn.Conv2d(channels, out, 4, stride=2, padding=1)] + ([nn.BatchNorm2d(out)] if bn else [])
-            layers.append(nn.ReLU())
+            layers.append(nn.Conv2d(channels, out, 4, stride=2, padding=1))
+            layers += ([nn.BatchNorm2d(out)] if bn else []) + [nn.ReLU()]
             channels = out
         layers += [nn.Flatten(), nn.Linear(8 * 7 * 7, 10)]
     model = nn.Sequential(*layers)

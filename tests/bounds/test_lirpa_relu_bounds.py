@@ -104,10 +104,12 @@ def _probe_points(model64: nn.Module, center: torch.Tensor, lo: torch.Tensor, hi
     u = torch.rand((200,) + tuple(center.shape), generator=gen, dtype=torch.float64)
     u[100:] = (u[100:] > 0.5).double()
 
-    def flat_preacts(point):
-        return torch.cat([z.flatten() for z in _preacts(model64, point.unsqueeze(0))])
-
-    jac = torch.autograd.functional.jacobian(flat_preacts, center)  # (neurons, *input shape)
+    # The Jacobian in one backward pass: copy k of the center gets the gradient of neuron k.
+    with torch.no_grad():
+        neurons = sum(z[0].numel() for z in _preacts(model64, center.unsqueeze(0)))
+    copies = center.expand(neurons, *center.shape).clone().requires_grad_(True)
+    flat = torch.cat([z.flatten(1) for z in _preacts(model64, copies)], dim=1)
+    (jac,) = torch.autograd.grad(flat.diagonal().sum(), copies)  # (neurons, *input shape)
     up = torch.where(jac > 0, hi, lo)
     down = torch.where(jac > 0, lo, hi)
     return torch.cat([lo + u * (hi - lo), up, down])
@@ -203,7 +205,8 @@ def test_unmappable_models_fail_loudly():
     with pytest.raises(RuntimeError, match="1 nn.ReLU call.*use nn.ReLU modules"):
         lirpa_relu_bounds(net, x, y, 0.01, "crown")
     # Two ReLUs whose inputs are equal at every input in [0, 1]: which node is which cannot be told.
-    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    net.eval()
     with torch.no_grad():
         for layer in (net[1], net[3]):
             layer.weight.copy_(torch.eye(4))
