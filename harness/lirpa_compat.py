@@ -1,9 +1,10 @@
 """Import auto_LiRPA 0.3 on a modern torch / numpy without editing site-packages.
 
 auto_LiRPA 0.3 (2022) was written for torch 1.8-1.12 and numpy 1.x. On torch 2.14 / numpy 2 it
-fails in five ways (see ``/work/shared/environment.md``), one of them silently. This module fixes
-each one at runtime, **only when a check shows the fix is needed**, so on an old torch / numpy it
-changes nothing. Project code must import auto_LiRPA only through here::
+fails in five ways (see ``/work/shared/environment.md``), one of them silently; on CUDA its
+TorchScript helpers fail, and 0.3 itself has an alpha-CROWN bug. This module fixes each one at
+runtime, **only when a check shows the fix is needed**, so where one is not needed it changes
+nothing. Project code must import auto_LiRPA only through here::
 
     from harness.lirpa_compat import BoundedModule, BoundedTensor, PerturbationLpNorm
 
@@ -19,6 +20,23 @@ The fixes, as short names recorded in :data:`APPLIED_PATCHES` when applied:
                     ``torch.onnx.symbolic_helper._set_opset_version``; torch >= 2.9 moved the
                     TorchScript exporter to ``torch.onnx._internal.torchscript_exporter``. The
                     missing names are provided on torch's modules for the import only.
+``no-torchscript``  auto_LiRPA's ``@torch.jit.script`` helpers fail on CUDA in the TorchScript
+                    interpreter (torch 2.11 + CUDA 13, H100: "CUDA driver error: invalid argument",
+                    CROWN on CNN7 at batch 8; batch 6 ran), and ``torch.jit.script`` is deprecated
+                    on torch 2.14. Cost on CUDA: no TorchScript fusion, so more memory (CROWN, CNN7,
+                    batch 6: 48.8 instead of 35.7 GiB peak). While auto_LiRPA's modules
+                    execute, ``torch.jit.script`` returns auto_LiRPA's own functions unchanged (what
+                    ``PYTORCH_JIT=0`` does, for auto_LiRPA only); afterwards it is restored. The
+                    11 functions of 0.3 (kept in ``_ORIGINALS``): ``BoundActivation.bound_forward_w``,
+                    ``.bound_forward_b``, ``BoundRelu._relu_upper_bound`` (operators/activation.py),
+                    ``ClampedMultiplication.clamp_mutiply_forward``, ``.clamp_mutiply_backward``
+                    (clampmult.py), ``CutModule.jit_arelu_lA``, ``.jit_arelu_lbias``,
+                    ``.jit_arelu_uA``, ``.jit_arelu_ubias`` (cut_ops.py),
+                    ``BoundLinear.bound_forward_mul`` (linear.py), ``BoundMaxPool.jit_mutiply``
+                    (pooling.py). Check: ``torch.jit.script`` compiles (off under ``PYTORCH_JIT=0``),
+                    on every device, since one process may use both: on the CPU the Python
+                    versions give the same values bit for bit (autograd's derivatives of them can
+                    differ from TorchScript's in the last bits, so alpha-CROWN may end an ulp apart).
 ``node-getitem``    ``parse_graph.py`` reads node attributes as ``node[name]``; old torch added
                     ``torch._C.Node.__getitem__`` (in ``torch/onnx/utils.py``), new torch does not.
                     Needed at every graph parse, so it stays installed.
@@ -29,21 +47,32 @@ The fixes, as short names recorded in :data:`APPLIED_PATCHES` when applied:
                     ``BoundRelu._relu_mask_alpha``, so no slope moves and alpha-CROWN returns the
                     CROWN bounds. That clamp is replaced by one that passes the gradient on the
                     closed interval [0, 1], as torch <= 2.13 did.
+``relu-empty-sparse-alpha``
+                    A bug of 0.3 (any torch): alpha-CROWN raises AssertionError in
+                    ``BoundRelu._backward_relaxation`` when CROWN finds no unstable neuron in a later
+                    layer's pre-activation but auto_LiRPA's IBP, which picks the neurons to refine,
+                    finds some (small eps, narrow layers). The slopes for that layer are then a
+                    sparse-spec alpha with only its reserved slot, spec size 1, which 0.3 takes for a
+                    shared alpha. ``BoundRelu.init_opt_parameters`` is wrapped to pad such an alpha
+                    with one unused slot (see :func:`_pad_empty_sparse_spec_alpha`); 0.3.1 removed the
+                    size test instead. Check: the size test and the ``sparsity + 1`` allocation are
+                    in the installed source.
 
 Not a patch but required of every caller: :func:`safe_bound_opts` (``sparse_features_alpha``
 off), which avoids a shape mismatch in 0.3's ``reconstruct_full_alpha`` when > ~90% of a conv
 layer's ReLUs are unstable.
 
-Import hygiene: the ``torch.jit.script is deprecated`` FutureWarning raised while auto_LiRPA's
-decorators run is silenced (that warning only); auto_LiRPA's ``warnings.simplefilter("once")`` and
-``logging.basicConfig`` (both process-wide) are undone after the import; its appdirs user-data
-folder (created at import, never used) is put under the temp directory instead of
-``~/.local/share``.
+Import hygiene: the ``torch.jit.script is deprecated`` FutureWarning raised by the need-check of
+``no-torchscript`` or, without that patch, by auto_LiRPA's decorators is silenced (that warning
+only); auto_LiRPA's ``warnings.simplefilter("once")`` and ``logging.basicConfig`` (both
+process-wide) are undone after the import; its appdirs user-data folder (created at import, never
+used) is put under the temp directory instead of ``~/.local/share``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import inspect
 import logging
@@ -61,8 +90,12 @@ from torch import nn
 
 __all__ = [
     "APPLIED_PATCHES", "BoundedModule", "BoundedTensor", "PerturbationLpNorm", "auto_LiRPA",
-    "safe_bound_opts", "clamp_gradient_vanishes_at_bounds",
+    "safe_bound_opts", "clamp_gradient_vanishes_at_bounds", "torchscript_compiles",
+    "sparse_alpha_test_misses_empty_layers", "scripted_lirpa_functions",
 ]
+
+# torch >= 2.10's FutureWarning for every torch.jit.script call (auto_LiRPA's decorators, the probe below).
+_JIT_DEPRECATION = r"`torch\.jit\.script` is deprecated"
 
 # --------------------------------------------------------------------------------------------------
 # Detection functions (pure checks; arguments are injectable so tests can exercise both branches).
@@ -120,6 +153,45 @@ def clamp_gradient_vanishes_at_bounds(clamp: Callable[..., torch.Tensor] = torch
     with torch.enable_grad():
         (grad,) = torch.autograd.grad(clamp(x, min=0.0, max=1.0).sum(), x)
     return bool((grad == 0).any())
+
+
+def torchscript_compiles(script: Callable[..., Any] | None = None) -> bool:
+    """True when ``torch.jit.script`` turns a Python function into TorchScript (the default).
+
+    False under ``PYTORCH_JIT=0``, where torch itself returns the function unchanged. A ``script``
+    that raises (a torch without TorchScript) counts as compiling: auto_LiRPA's decorators would fail.
+    """
+    if script is None:
+        script = torch.jit.script
+
+    def probe(t: torch.Tensor) -> torch.Tensor:
+        return t + 1
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
+            return script(probe) is not probe
+    except Exception:  # noqa: BLE001 - any failure to script means the decorators must not run it
+        return True
+
+
+# The test 0.3's BoundRelu uses to tell a shared alpha (spec size 1, no lookup table) from a sparse-spec
+# one, and the allocation that makes a sparse-spec alpha of spec size 1 when it stores no slope.
+_SHARED_ALPHA_TEST = "self.alpha[start_node.name].size(1) != 1"
+_SPARSE_SPEC_ALLOC = "sparsity + 1"
+
+
+def sparse_alpha_test_misses_empty_layers(relu_cls: type) -> bool:
+    """True when ``relu_cls`` (BoundRelu) mistakes an empty sparse-spec alpha for a shared one (0.3).
+
+    A source check: the bug is in the code, not in the environment. 0.3.1 dropped the size test.
+    """
+    try:
+        relaxation = inspect.getsource(relu_cls._backward_relaxation)
+        init = inspect.getsource(relu_cls.init_opt_parameters)
+    except (AttributeError, OSError, TypeError):
+        return False
+    return _SHARED_ALPHA_TEST in relaxation and _SPARSE_SPEC_ALLOC in init
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,6 +264,65 @@ _RELU_MASK_ALPHA_EXPECTED = (
 )
 
 
+def _pad_empty_sparse_spec_alpha(relu: nn.Module) -> None:
+    """Give each sparse-spec alpha of ``relu`` (a BoundRelu) at least two slots along the spec dimension.
+
+    0.3 stores a sparse-spec alpha as (2, k + 1, batch, ...): slot 0 is reserved for neurons missing
+    from the lookup table, slots 1..k hold the k start-node neurons CROWN found unstable. With k = 0
+    the spec size is 1, which ``_backward_relaxation`` reads as a shared alpha: it skips the lookup
+    table and then asserts there is none. One extra slot, a copy of slot 0 that no lookup entry
+    points to (so it gets no gradient), makes the size test true again; the lookup then sends every
+    neuron to slot 0, as 0.3.1 does after removing the size test. Any slope in [0, 1] gives a sound
+    ReLU relaxation (``_relu_mask_alpha`` clamps it), so which slot a neuron reads changes only
+    tightness, never soundness.
+    """
+    for name, lookup in relu.alpha_lookup_idx.items():
+        alpha = relu.alpha[name]
+        if lookup is not None and alpha.size(1) == 1:
+            padded = torch.cat([alpha.detach(), alpha.detach()], dim=1)
+            relu.alpha[name] = padded.requires_grad_(alpha.requires_grad)
+
+
+def _with_padded_sparse_alpha(init_opt_parameters: Callable[..., None]) -> Callable[..., None]:
+    """``BoundRelu.init_opt_parameters`` followed by :func:`_pad_empty_sparse_spec_alpha`."""
+
+    @functools.wraps(init_opt_parameters)
+    def init_opt_parameters_padded(self, start_nodes):
+        init_opt_parameters(self, start_nodes)
+        _pad_empty_sparse_spec_alpha(self)
+
+    init_opt_parameters_padded._harness_patch = "relu-empty-sparse-alpha"
+    return init_opt_parameters_padded
+
+
+def _is_lirpa_function(obj: Any) -> bool:
+    """A plain Python function defined in one of auto_LiRPA's modules."""
+    module = getattr(obj, "__module__", None) or ""
+    return inspect.isfunction(obj) and (module == "auto_LiRPA" or module.startswith("auto_LiRPA."))
+
+
+def scripted_lirpa_functions() -> list[str]:
+    """Qualified names of the TorchScript functions reachable in the imported auto_LiRPA modules.
+
+    Looks at module attributes and at class attributes (0.3 scripts static methods). Empty after an
+    import with ``no-torchscript`` applied.
+    """
+    found = []
+    for mod_name, module in list(sys.modules.items()):
+        if module is None or not (mod_name == "auto_LiRPA" or mod_name.startswith("auto_LiRPA.")):
+            continue
+        for attr, value in vars(module).items():
+            if isinstance(value, torch.jit.ScriptFunction):
+                found.append(f"{mod_name}.{attr}")
+            elif isinstance(value, type) and value.__module__ == mod_name:
+                for key, member in vars(value).items():
+                    if isinstance(member, (staticmethod, classmethod)):
+                        member = member.__func__
+                    if isinstance(member, torch.jit.ScriptFunction):
+                        found.append(f"{mod_name}.{value.__qualname__}.{key}")
+    return sorted(found)
+
+
 def _named_members(self: nn.Module, get_members_fn: Callable, prefix: str = "", recurse: bool = True,
                    remove_duplicate: bool = True) -> Iterator[tuple[str, Any]]:
     """``BoundedModule._named_members`` with torch >= 2.0's ``remove_duplicate`` keyword honoured.
@@ -217,8 +348,6 @@ def _named_members(self: nn.Module, get_members_fn: Callable, prefix: str = "", 
 # --------------------------------------------------------------------------------------------------
 # Application.
 # --------------------------------------------------------------------------------------------------
-
-_JIT_DEPRECATION = r"`torch\.jit\.script` is deprecated"
 
 # What the runtime patches replaced, by patch name.
 _ORIGINALS: dict[str, Any] = {}
@@ -255,6 +384,24 @@ def _import_time_fixes(applied: list[str]) -> Iterator[None]:
             helper._set_opset_version = _set_opset_version
             undo.append(lambda: delattr(helper, "_set_opset_version"))
             applied.append("onnx-set-opset")
+
+        if torchscript_compiles():
+            # What PYTORCH_JIT=0 does, for auto_LiRPA's functions only: its @torch.jit.script
+            # decorators (evaluated while its modules execute, i.e. now) return the Python function.
+            # Everything else, including torch modules first imported meanwhile, is still compiled.
+            original_script = torch.jit.script
+            kept: dict[str, Callable[..., Any]] = {}
+
+            def script(obj, *args, **kwargs):
+                if _is_lirpa_function(obj) and not args and not kwargs:
+                    kept[f"{obj.__module__}.{obj.__qualname__}"] = obj
+                    return obj
+                return original_script(obj, *args, **kwargs)
+
+            torch.jit.script = script
+            undo.append(lambda: setattr(torch.jit, "script", original_script))
+            _ORIGINALS["no-torchscript"] = kept  # what 0.3 would have compiled (tests rebuild it)
+            applied.append("no-torchscript")
 
         # auto_LiRPA.utils creates appdirs.user_data_dir('auto_LiRPA') at import and never uses it.
         try:
@@ -313,6 +460,12 @@ def _runtime_fixes(lirpa: types.ModuleType) -> list[str]:
 
     from auto_LiRPA.operators import BoundRelu
 
+    init = inspect.getattr_static(BoundRelu, "init_opt_parameters")
+    if getattr(init, "_harness_patch", None) is None and sparse_alpha_test_misses_empty_layers(BoundRelu):
+        _ORIGINALS["relu-empty-sparse-alpha"] = init
+        BoundRelu.init_opt_parameters = _with_padded_sparse_alpha(init)
+        applied.append("relu-empty-sparse-alpha")
+
     current = inspect.getattr_static(BoundRelu, "_relu_mask_alpha")
     already = isinstance(current, staticmethod) and current.__func__ is _relu_mask_alpha
     if not already and clamp_gradient_vanishes_at_bounds():
@@ -333,6 +486,14 @@ def _import_auto_lirpa() -> tuple[types.ModuleType, tuple[str, ...]]:
     applied: list[str] = []
     with _import_time_fixes(applied):
         import auto_LiRPA as lirpa
+    if "no-torchscript" in applied:
+        # Only decorators that ran during this import were bypassed; modules imported earlier (or a
+        # future release scripting at call time) would keep TorchScript: say so rather than trust it.
+        left = scripted_lirpa_functions()
+        if left:
+            warnings.warn(f"auto_LiRPA functions still run as TorchScript (imported before "
+                          f"harness.lirpa_compat?): {', '.join(left)}; they may fail on CUDA "
+                          f"(set PYTORCH_JIT=0 to avoid that)", RuntimeWarning, stacklevel=2)
     applied += _runtime_fixes(lirpa)
     return lirpa, tuple(applied)
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,15 @@ def test_applied_patches_match_what_this_environment_needs():
     # numpy 2 has np.bool again (as np.bool_): then it must not have been touched.
     if NUMPY >= (2, 0):
         assert "np-bool" not in applied and np.bool is np.bool_
+    assert ("no-torchscript" in applied) == compat.torchscript_compiles()
+    from auto_LiRPA.operators import BoundRelu
+    assert ("relu-empty-sparse-alpha" in applied) == compat.sparse_alpha_test_misses_empty_layers(BoundRelu)
     if TORCH >= (2, 14) and NUMPY >= (2, 0):
-        assert applied == {"np-arraysetops", "onnx-set-opset", "node-getitem", "named-members",
-                           "relu-alpha-clamp"}
+        expected = {"np-arraysetops", "onnx-set-opset", "node-getitem", "named-members",
+                    "relu-empty-sparse-alpha", "relu-alpha-clamp"}
+        if os.environ.get("PYTORCH_JIT", "1") != "0":
+            expected.add("no-torchscript")
+        assert applied == expected
 
 
 def test_runtime_fixes_are_idempotent():
@@ -206,3 +213,153 @@ def test_clean_import_in_fresh_interpreter():
     assert proc.returncode == 0, proc.stderr
     assert "torch.jit.script" not in proc.stderr
     assert f"PATCHES {','.join(compat.APPLIED_PATCHES)}" in proc.stdout
+
+
+# ---- no-torchscript ------------------------------------------------------------------------------
+
+# Every function auto_LiRPA 0.3 decorates with @torch.jit.script (grep of its sources).
+SCRIPTED_IN_0_3 = {
+    "auto_LiRPA.operators.activation.BoundActivation.bound_forward_b",
+    "auto_LiRPA.operators.activation.BoundActivation.bound_forward_w",
+    "auto_LiRPA.operators.activation.BoundRelu._relu_upper_bound",
+    "auto_LiRPA.operators.clampmult.ClampedMultiplication.clamp_mutiply_backward",
+    "auto_LiRPA.operators.clampmult.ClampedMultiplication.clamp_mutiply_forward",
+    "auto_LiRPA.operators.cut_ops.CutModule.jit_arelu_lA",
+    "auto_LiRPA.operators.cut_ops.CutModule.jit_arelu_lbias",
+    "auto_LiRPA.operators.cut_ops.CutModule.jit_arelu_uA",
+    "auto_LiRPA.operators.cut_ops.CutModule.jit_arelu_ubias",
+    "auto_LiRPA.operators.linear.BoundLinear.bound_forward_mul",
+    "auto_LiRPA.operators.pooling.BoundMaxPool.jit_mutiply",
+}
+RELU_UPPER_BOUND = "auto_LiRPA.operators.activation.BoundRelu._relu_upper_bound"
+
+
+def test_torchscript_detector():
+    assert compat.torchscript_compiles() == (os.environ.get("PYTORCH_JIT", "1") != "0")
+    assert not compat.torchscript_compiles(lambda fn: fn)  # what torch.jit.script does under PYTORCH_JIT=0
+
+    def removed(fn):
+        raise RuntimeError("TorchScript is not supported")
+
+    assert compat.torchscript_compiles(removed)
+
+
+def _script_quietly(fn):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=compat._JIT_DEPRECATION, category=FutureWarning)
+        return torch.jit.script(fn)
+
+
+def test_no_torchscript_leaves_every_0_3_helper_in_python():
+    if "no-torchscript" not in compat.APPLIED_PATCHES:
+        pytest.skip("TorchScript is off in this interpreter (PYTORCH_JIT=0)")
+    assert set(compat._ORIGINALS["no-torchscript"]) == SCRIPTED_IN_0_3
+    assert compat.scripted_lirpa_functions() == []
+    for name, fn in compat._ORIGINALS["no-torchscript"].items():
+        mod_name, cls_name, attr = name.rsplit(".", 2)
+        assert inspect.getattr_static(getattr(sys.modules[mod_name], cls_name), attr).__func__ is fn, name
+
+
+def test_torchscript_bypass_does_not_outlive_the_import():
+    def twice(t: torch.Tensor) -> torch.Tensor:
+        return t * 2
+
+    twice.__module__ = "auto_LiRPA.operators.later"  # would be bypassed during the import
+    assert isinstance(_script_quietly(twice), torch.jit.ScriptFunction) == compat.torchscript_compiles()
+
+
+def test_scripted_lirpa_functions_finds_a_scripted_static_method(monkeypatch):
+    """The emptiness check above can fail: a ScriptFunction put back is reported."""
+    from auto_LiRPA.operators.activation import BoundRelu
+
+    fn = compat._ORIGINALS.get("no-torchscript", {}).get(RELU_UPPER_BOUND)
+    if fn is None:
+        pytest.skip("no-torchscript not applied")
+    monkeypatch.setattr(BoundRelu, "_relu_upper_bound", staticmethod(_script_quietly(fn)))
+    assert compat.scripted_lirpa_functions() == [RELU_UPPER_BOUND]
+
+
+def _torchscript_restored(monkeypatch) -> None:
+    """Put back what 0.3's decorators make: each kept function compiled by torch.jit.script."""
+    for name, fn in compat._ORIGINALS["no-torchscript"].items():
+        mod_name, cls_name, attr = name.rsplit(".", 2)
+        monkeypatch.setattr(getattr(sys.modules[mod_name], cls_name), attr, staticmethod(_script_quietly(fn)))
+
+
+def _bounds_by_method(net: nn.Module, x: torch.Tensor, eps: float) -> dict[str, torch.Tensor]:
+    bounded = compat.BoundedModule(net, torch.zeros_like(x), bound_opts=compat.safe_bound_opts())
+    C = torch.eye(net(x).shape[1]).expand(x.shape[0], -1, -1)
+    ptb = compat.PerturbationLpNorm(eps=eps, x_L=x - eps, x_U=x + eps)
+    bx = compat.BoundedTensor(x, ptb)
+    out = {}
+    with torch.no_grad():
+        out["CROWN lower"], out["CROWN upper"] = bounded.compute_bounds(x=(bx,), C=C, method="CROWN")
+    # 1 iteration: the slopes at their CROWN start, evaluated under autograd (no update is made).
+    for iterations in (1, 4):
+        bounded.set_bound_opts({"optimize_bound_args": {"iteration": iterations, "lr_alpha": 0.1}})
+        with torch.enable_grad():
+            lower, _ = bounded.compute_bounds(x=(bx,), C=C, method="alpha-CROWN", bound_upper=False)
+        out[f"alpha-CROWN {iterations} lower"] = lower.detach()
+    return out
+
+
+def _tiny_net(arch: str, gen: torch.Generator) -> tuple[nn.Module, torch.Tensor]:
+    if arch == "conv":  # conv layers: auto_LiRPA's default "patches" mode
+        net = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(),
+                            nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(4 * 4, 5))
+        x = torch.rand(2, 1, 8, 8, generator=gen)
+    else:
+        net = nn.Sequential(nn.Flatten(), nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                            nn.Linear(16, 5))
+        x = torch.rand(2, 20, generator=gen)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.uniform_(-0.5, 0.5, generator=gen)
+    return net.eval(), x
+
+
+@pytest.mark.parametrize("arch", ["conv", "mlp"])
+def test_no_torchscript_bounds_identical_to_torchscript(arch, monkeypatch):
+    """Bit for bit wherever no gradient flows; alpha-CROWN's optimised slopes may differ in the last bits.
+
+    TorchScript differentiates its functions with its own derivative formulas (e.g. of the division
+    in ``_relu_upper_bound``), which round differently from eager autograd (see the next test), so
+    the Adam steps of alpha-CROWN can land an ulp apart (seen: MLP 6e-8; conv none).
+    """
+    if "no-torchscript" not in compat.APPLIED_PATCHES:
+        pytest.skip("TorchScript is off in this interpreter (PYTORCH_JIT=0)")
+    net, x = _tiny_net(arch, torch.Generator().manual_seed(11))
+    python = _bounds_by_method(net, x, 0.1)
+    _torchscript_restored(monkeypatch)
+    assert compat.scripted_lirpa_functions()  # the other run really used TorchScript
+    scripted = _bounds_by_method(net, x, 0.1)
+    for key in ("CROWN lower", "CROWN upper", "alpha-CROWN 1 lower"):
+        assert torch.equal(python[key], scripted[key]), key
+    key = "alpha-CROWN 4 lower"
+    torch.testing.assert_close(python[key], scripted[key], rtol=1e-6, atol=1e-6)
+    assert (python[key] > python["CROWN lower"] + 1e-4).any()  # the slopes did move
+
+
+def test_relu_upper_bound_values_identical_gradients_rounded_differently():
+    """The one scripted helper alpha-CROWN differentiates through its inputs: same values, same
+    gradients up to rounding (TorchScript's symbolic derivative vs eager autograd)."""
+    fn = compat._ORIGINALS.get("no-torchscript", {}).get(RELU_UPPER_BOUND)
+    if fn is None:
+        pytest.skip("no-torchscript not applied")
+    scripted = _script_quietly(fn)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):  # TorchScript's profiling executor switches to its optimised graph after 2 runs
+        lower = torch.randn(1000, generator=gen)
+        upper = lower + 2 * torch.rand(1000, generator=gen)
+        w = torch.randn(2, 1000, generator=gen)
+        results = []
+        for f in (fn, scripted):
+            lo, up = lower.clone().requires_grad_(), upper.clone().requires_grad_()
+            slope, intercept = f(lo, up)
+            (slope * w[0] + intercept * w[1]).sum().backward()
+            results.append((slope.detach(), intercept.detach(), lo.grad, up.grad))
+        (s0, b0, gl0, gu0), (s1, b1, gl1, gu1) = results
+        assert torch.equal(s0, s1) and torch.equal(b0, b1)
+        torch.testing.assert_close(gl0, gl1, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gu0, gu1, rtol=1e-5, atol=1e-5)

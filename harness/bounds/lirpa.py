@@ -15,7 +15,12 @@ Two choices worth knowing:
 * auto_LiRPA is given a private copy of the model, so building it never moves or re-wraps the
   caller's model, and alpha-CROWN's backward passes never put ``.grad`` on the caller's parameters.
   The copy is cached per model object and its weights and BatchNorm statistics are refreshed from the
-  caller's model at every call, so training the model between calls is safe.
+  caller's model at every call, so training the model between calls is safe. A call in which
+  anything raises drops the cached copy (auto_LiRPA leaves per-pass state on its nodes), so the next
+  call rebuilds it.
+
+:func:`lirpa_relu_bounds` gives the intermediate bounds of the same passes (every ReLU's input),
+for a complete verifier that fixes stable ReLUs.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import contextlib
 import copy
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +37,8 @@ from torch import Tensor, nn
 from harness.bounds import spec
 from harness.lirpa_compat import BoundedModule, BoundedTensor, PerturbationLpNorm, safe_bound_opts
 from harness.models import Normalize
+
+__all__ = ["LIRPA_METHODS", "lirpa_margin_bounds", "lirpa_relu_bounds"]
 
 LIRPA_METHODS: tuple[str, ...] = ("lirpa-ibp", "crown-ibp", "crown", "alpha-crown")
 
@@ -110,6 +117,80 @@ def _check_model(model: nn.Module, x: Tensor) -> None:
             raise ValueError(f"model is on {t.device} but inputs are on {x.device}")
 
 
+def _check_options(method: str, batch_size: int | None, alpha_iterations: int, alpha_lr: float) -> None:
+    if method not in _LIRPA_NAME:
+        raise ValueError(f"unknown bound method {method!r}; valid: {', '.join(LIRPA_METHODS)}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    if method == "alpha-crown":
+        if not isinstance(alpha_iterations, int) or alpha_iterations < 1:
+            raise ValueError(f"alpha_iterations must be a positive int, got {alpha_iterations!r}")
+        if not alpha_lr > 0:
+            raise ValueError(f"alpha_lr must be > 0, got {alpha_lr!r}")
+
+
+def _bound_passes(model: nn.Module, x: Tensor, y: Tensor, eps: float, method: str, batch_size: int | None,
+                  alpha_iterations: int, alpha_lr: float,
+                  after_pass: Callable[[BoundedModule, slice], None] | None = None) -> Tensor:
+    """Run ``method`` on each chunk of the batch; (B, K-1) margin lower bounds, detached.
+
+    ``after_pass(bounded, chunk)`` runs after each chunk's pass, while the BoundedModule still holds
+    that pass's intermediate bounds. Inputs must have been checked by :func:`_check_options`.
+    """
+    spec.check_batch(x, y)
+    x = x.detach()  # alpha-CROWN's internal backward passes must not reach the caller's graph
+    lo, hi = spec.input_box(x, eps)
+    _check_model(model, x)
+    y = y.to(x.device)
+
+    try:
+        entry = _bounded_module(model, x)
+        C = spec.spec_matrix(y, entry.num_classes, dtype=x.dtype)  # also validates the labels
+        if x.shape[0] == 0:
+            return C.new_zeros((0, entry.num_classes - 1))
+
+        # Normalise the box instead of bounding the Normalize layer (see the module docstring).
+        norm, _ = _split_normalize(model)
+        if norm is not None:
+            mean, std = norm.mean.to(x.dtype), norm.std.to(x.dtype)
+            a, b, x = (lo - mean) / std, (hi - mean) / std, (x - mean) / std
+            lo, hi = torch.minimum(a, b), torch.maximum(a, b)  # a negative std would swap the ends
+
+        bounded = entry.bounded
+        kwargs: dict[str, Any] = {"method": _LIRPA_NAME[method], "bound_lower": True, "bound_upper": False}
+        if method == "alpha-crown":
+            bounded.set_bound_opts({"optimize_bound_args": {"iteration": alpha_iterations,
+                                                            "lr_alpha": float(alpha_lr)}})
+        step = x.shape[0] if batch_size is None else batch_size
+        out = []
+        for start in range(0, x.shape[0], step):
+            sl = slice(start, start + step)
+            ptb = PerturbationLpNorm(eps=float(eps), norm=float("inf"), x_L=lo[sl], x_U=hi[sl])
+            bx = BoundedTensor(x[sl], ptb)
+            if method == "alpha-crown":
+                # alpha-CROWN optimises its slopes by gradient descent, so it needs autograd even when
+                # the caller runs under no_grad. 0.3 also casts its best bounds to the default dtype
+                # before the last update (optimized_bounds.py), which fails for float64 inputs under a
+                # float32 default: make the default the input's dtype for the call (a no-op cast then).
+                with torch.enable_grad(), _default_dtype(x.dtype):
+                    lower, _ = bounded.compute_bounds(x=(bx,), C=C[sl], **kwargs)
+            else:
+                with torch.no_grad():
+                    lower, _ = bounded.compute_bounds(x=(bx,), C=C[sl], **kwargs)
+            out.append(lower.detach())
+            if after_pass is not None:
+                with torch.no_grad():
+                    after_pass(bounded, sl)
+        return torch.cat(out, dim=0)
+    except BaseException:
+        # auto_LiRPA keeps per-pass state on its nodes (optimisation stage, alpha slopes and their
+        # lookup tables, bounds). A pass that raises half-way leaves it set, and the next pass on the
+        # same BoundedModule reuses it (seen: after alpha-CROWN's AssertionError every CROWN call
+        # failed too). Drop the entry, whatever was raised, so the next call rebuilds it.
+        _CACHE.pop(model, None)
+        raise
+
+
 def lirpa_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, method: str, *,
                         batch_size: int | None = None, alpha_iterations: int = 20,
                         alpha_lr: float = 0.1) -> Tensor:
@@ -134,56 +215,118 @@ def lirpa_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, meth
     Raises:
         ValueError: unknown method, model not in eval mode, dtype/device mismatch, eps < 0, inputs
             outside [0, 1], batch size mismatch between x and y, invalid batch_size / alpha options.
+        Whatever auto_LiRPA raises; the model's cached BoundedModule is then discarded.
     """
-    if method not in _LIRPA_NAME:
-        raise ValueError(f"unknown bound method {method!r}; valid: {', '.join(LIRPA_METHODS)}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    if method == "alpha-crown":
-        if not isinstance(alpha_iterations, int) or alpha_iterations < 1:
-            raise ValueError(f"alpha_iterations must be a positive int, got {alpha_iterations!r}")
-        if not alpha_lr > 0:
-            raise ValueError(f"alpha_lr must be > 0, got {alpha_lr!r}")
+    _check_options(method, batch_size, alpha_iterations, alpha_lr)
+    return _bound_passes(model, x, y, eps, method, batch_size, alpha_iterations, alpha_lr)
+
+
+def _relu_inputs(model: nn.Module, x: Tensor) -> list[Tensor]:
+    """The input of every ``nn.ReLU`` call of ``model(x)``, in call order (a module called twice: twice)."""
+    seen: list[Tensor] = []
+
+    def record(module: nn.Module, args: tuple) -> None:
+        seen.append(args[0].detach().clone())  # before the call: an in-place ReLU overwrites its input
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _same_values(a: Tensor, b: Tensor) -> bool:
+    """a equals b up to float rounding (both compute the same pre-activation at the same input)."""
+    if a.shape != b.shape:
+        return False
+    scale = 1.0 + float(b.abs().max()) if b.numel() else 1.0
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+def _match_relu_nodes(bounded: BoundedModule, expected: list[Tensor]) -> list[Any]:
+    """auto_LiRPA's ReLU node for each of the model's ReLU calls, matched by the value of the input.
+
+    At the bounded chunk's (normalised) inputs, the input of each BoundRelu node (auto_LiRPA's own
+    forward through its graph) must equal the input one ReLU call of the model received (the
+    model's forward, Normalize included), and no other. This needs no names and checks the
+    Normalize split at every call. Raises RuntimeError when the match is not one-to-one.
+    """
+    nodes = list(bounded.relus)
+    if len(nodes) != len(expected):
+        raise RuntimeError(f"auto_LiRPA's graph has {len(nodes)} ReLU node(s) but the model made "
+                           f"{len(expected)} nn.ReLU call(s); ReLUs applied functionally (F.relu, "
+                           f"torch.relu) have no module to report bounds for: use nn.ReLU modules")
+    values = [bounded.get_forward_value(n.inputs[0]) for n in nodes]
+    matched = []
+    for i, want in enumerate(expected):
+        hits = [j for j, v in enumerate(values) if _same_values(v, want)]
+        if len(hits) != 1:
+            what = "no" if not hits else f"{len(hits)} ({', '.join(nodes[j].name for j in hits)})"
+            raise RuntimeError(f"cannot map the model's ReLU call #{i} (input shape {tuple(want.shape)}) to "
+                               f"auto_LiRPA's graph: its input matches {what} ReLU node inputs at these "
+                               f"inputs; bound other inputs, or a model whose ReLU inputs differ")
+        matched.append(hits[0])
+    if len(set(matched)) != len(matched):
+        raise RuntimeError(f"ambiguous ReLU mapping: model ReLU calls map to auto_LiRPA nodes "
+                           f"{[nodes[j].name for j in matched]} (not one-to-one)")
+    for j in matched:
+        if getattr(nodes[j].inputs[0], "lower", None) is None:
+            raise RuntimeError(f"auto_LiRPA computed no bounds for the input of ReLU node {nodes[j].name} "
+                               f"(not on the path to the output?)")
+    return [nodes[j] for j in matched]
+
+
+def lirpa_relu_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, method: str = "crown", *,
+                      batch_size: int | None = None, alpha_iterations: int = 20,
+                      alpha_lr: float = 0.1) -> list[tuple[Tensor, Tensor]]:
+    """Bounds of every ReLU's input over B(x, eps) ∩ [0, 1], as auto_LiRPA computed them in a pass.
+
+    For a complete verifier that fixes stable ReLUs. The pass is the one :func:`lirpa_margin_bounds`
+    runs for ``method`` with the margin specification of ``y``: ``crown`` gives CROWN bounds (each
+    layer bounded by back-substitution to the input; auto_LiRPA refines only the neurons its own IBP
+    finds unstable, the others keep the IBP bounds); ``alpha-crown`` gives, per ReLU input, the
+    intersection of the bounds of the iterations in which the margin bound improved (0.3 keeps these
+    "best intermediate bounds"; they start from CROWN's, so they are never looser, and depend on
+    ``y``); ``crown-ibp`` and ``lirpa-ibp`` give auto_LiRPA's IBP bounds. CROWN is not guaranteed
+    tighter than IBP neuron by neuron, and these are not intersected with any IBP bounds. 0.3 refines,
+    for a whole chunk of ``batch_size`` samples, every neuron its IBP finds unstable in any sample
+    of the chunk: a sample's bounds of neurons that are IBP-stable for it can therefore depend on
+    which samples share its chunk (all of them sound).
+
+    Returns:
+        One (lower, upper) pair per ``nn.ReLU`` call of ``model`` in forward order, each shaped as that
+        ReLU's input ((B, C, H, W) after a conv, (B, F) after a linear layer), the shapes
+        :func:`harness.bounds.ibp.ibp_bounds` gives in ``.preact``; detached, on ``x``'s device and
+        dtype. Like every bound here they are computed in the model's dtype and carry its rounding
+        error: a caller deciding a ReLU's phase from them must allow for it (see
+        :mod:`harness.bounds`, the floating-point soundness rule).
+
+    Raises:
+        ValueError: as :func:`lirpa_margin_bounds`.
+        RuntimeError: the model's ReLU calls cannot be matched one-to-one with auto_LiRPA's ReLU nodes.
+    """
+    _check_options(method, batch_size, alpha_iterations, alpha_lr)
     spec.check_batch(x, y)
-    x = x.detach()  # alpha-CROWN's internal backward passes must not reach the caller's graph
-    lo, hi = spec.input_box(x, eps)
+    spec.input_box(x, eps)  # validates eps and the input range before the model runs
     _check_model(model, x)
-    y = y.to(x.device)
+    x = x.detach()
+    expected = _relu_inputs(model, x)
+    chunks: list[list[tuple[Tensor, Tensor]]] = []
 
-    entry = _bounded_module(model, x)
-    C = spec.spec_matrix(y, entry.num_classes, dtype=x.dtype)  # also validates the labels
-    if x.shape[0] == 0:
-        return C.new_zeros((0, entry.num_classes - 1))
+    def collect(bounded: BoundedModule, sl: slice) -> None:
+        nodes = _match_relu_nodes(bounded, [e[sl] for e in expected])
+        chunks.append([(n.inputs[0].lower.detach().clone(), n.inputs[0].upper.detach().clone())
+                       for n in nodes])
 
-    # Normalise the box instead of bounding the Normalize layer (see the module docstring).
-    norm, _ = _split_normalize(model)
-    if norm is not None:
-        mean, std = norm.mean.to(x.dtype), norm.std.to(x.dtype)
-        a, b, x = (lo - mean) / std, (hi - mean) / std, (x - mean) / std
-        lo, hi = torch.minimum(a, b), torch.maximum(a, b)  # a negative std would swap the ends
-
-    bounded = entry.bounded
-    kwargs: dict[str, Any] = {"method": _LIRPA_NAME[method], "bound_lower": True, "bound_upper": False}
-    if method == "alpha-crown":
-        bounded.set_bound_opts({"optimize_bound_args": {"iteration": alpha_iterations, "lr_alpha": float(alpha_lr)}})
-    step = x.shape[0] if batch_size is None else batch_size
-    out = []
-    for start in range(0, x.shape[0], step):
-        sl = slice(start, start + step)
-        ptb = PerturbationLpNorm(eps=float(eps), norm=float("inf"), x_L=lo[sl], x_U=hi[sl])
-        bx = BoundedTensor(x[sl], ptb)
-        if method == "alpha-crown":
-            # alpha-CROWN optimises its slopes by gradient descent, so it needs autograd even when
-            # the caller runs under no_grad. 0.3 also casts its best bounds to the default dtype
-            # before the last update (optimized_bounds.py), which fails for float64 inputs under a
-            # float32 default: make the default the input's dtype for the call (a no-op cast then).
-            with torch.enable_grad(), _default_dtype(x.dtype):
-                lower, _ = bounded.compute_bounds(x=(bx,), C=C[sl], **kwargs)
-        else:
-            with torch.no_grad():
-                lower, _ = bounded.compute_bounds(x=(bx,), C=C[sl], **kwargs)
-        out.append(lower.detach())
-    return torch.cat(out, dim=0)
+    _bound_passes(model, x, y, eps, method, batch_size, alpha_iterations, alpha_lr, after_pass=collect)
+    if not chunks:  # empty batch: empty bounds of the right shapes
+        return [(e.clone(), e.clone()) for e in expected]
+    return [(torch.cat([c[i][0] for c in chunks]).to(device=x.device, dtype=x.dtype),
+             torch.cat([c[i][1] for c in chunks]).to(device=x.device, dtype=x.dtype))
+            for i in range(len(expected))]
 
 
 @contextlib.contextmanager
