@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SETUP_SENTINEL := $(VENV)/.setup-done
 PROFILE ?= cpu
 
-.PHONY: setup data reproduce tables figures test bench clean-runs
+.PHONY: setup data reproduce tables figures test bench gpu-check clean-runs
 
 # Re-running setup with unchanged pins is a no-op: the sentinel is newer than the pin files.
 $(SETUP_SENTINEL): requirements/base.txt requirements/no-deps.txt
@@ -21,14 +21,19 @@ setup: $(SETUP_SENTINEL)
 data: setup
 	$(PY) -m harness data --dataset mnist --dataset fashion-mnist
 
+EXECUTOR ?= inline
+
 reproduce: setup
-	$(PY) -m harness reproduce --profile $(PROFILE)
+	$(PY) -m harness reproduce --profile $(PROFILE) --executor $(EXECUTOR)
 
 tables: setup
 	$(PY) -m harness tables
 
 figures: setup
 	$(PY) -m harness figures
+
+gpu-check: setup
+	$(PY) -m harness gpucheck
 
 bench: setup
 	$(PY) -m harness bench bounds

@@ -47,7 +47,8 @@ class AdaptiveBatches:
                 self.log(f"  out of memory in {key[0]} at batch {len(chunk)}; retrying those samples at {size}")
                 continue
             start += len(chunk)
-        self.used[str(key[0])] = size
+        if len(idx):
+            self.used[str(key[0])] = size
 
 
 def forget_known_sizes() -> None:

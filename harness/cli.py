@@ -96,7 +96,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     return reproduce(args.profile, device=args.device, runs_root=_opt(args.runs), results_dir=_opt(args.results),
                      plots_dir=_opt(args.plots), executor=args.executor, workers=args.workers, threads=args.threads,
-                     poll_s=args.poll, slurm_overrides=_slurm_overrides(args))
+                     poll_s=args.poll, slurm_overrides=_slurm_overrides(args), train_only=args.train_only)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -133,6 +133,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"expected training time of the {len(todo)} run(s) still to train: about "
               f"{fmt_duration(sum(seconds.values()))} on this machine ({dev}, one run at a time)")
     return 0
+
+
+def cmd_gpucheck(args: argparse.Namespace) -> int:
+    from harness.gpucheck import gpucheck
+
+    return gpucheck(args.device, _opt(args.out), tiny=args.tiny, epochs=args.epochs)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -194,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inline (this process), local (worker processes) or slurm (one job per run, submitit)")
     r.add_argument("--workers", type=int, help="local executor: worker processes (default: CPU cores)")
     r.add_argument("--threads", type=int, help="CPU threads per run (default: cores / workers; inline: torch's)")
+    r.add_argument("--train-only", action="store_true", help="train what is not trained; certify nothing yet")
     r.add_argument("--poll", type=float, default=10.0, help="slurm executor: seconds between checks of the jobs")
     for key, kind, what in (("partition", str, "partition"), ("account", str, "account"), ("qos", str, "QOS"),
                             ("gpus-per-node", int, "GPUs per job"), ("cpus-per-task", int, "CPUs per job"),
@@ -208,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--no-estimate", action="store_true", help="do not time training steps for the estimate")
     common(ck)
     ck.set_defaults(fn=cmd_check)
+
+    g = sub.add_parser("gpucheck", help="the GPU path in one command (paper slice, CUDA tests, benchmarks): a report")
+    g.add_argument("--device", default="cuda", help="cuda (default), or cpu with --tiny to try the script")
+    g.add_argument("--out", help="report folder (default: runs/gpucheck)")
+    g.add_argument("--tiny", action="store_true", help="a small model and a slice of the data (any device)")
+    g.add_argument("--epochs", type=int, default=2, help="epochs of the paper slice (default 2)")
+    g.set_defaults(fn=cmd_gpucheck)
 
     st = sub.add_parser("status", help="each run of a profile: pending, running (where), trained, certified, failed")
     st.add_argument("--profile", default="cpu", help="a profile name or path")

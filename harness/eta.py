@@ -134,17 +134,26 @@ def measured_cost(cfg: RunConfig, device: torch.device, steps: int = 2) -> StepC
     return StepCost(statistics.median(times), extra, "measured")
 
 
-def estimate(cfgs: list[RunConfig], device: torch.device, runs_root: Path,
+def estimate(cfgs: list[RunConfig], device: torch.device, runs_root: Path, threads: int | None = None,
              log: Callable[[str], None] | None = None) -> dict[str, float]:
-    """Expected training seconds of each run on ``device`` (whole runs; resumed ones count fully)."""
+    """Expected training seconds of each run on ``device`` (whole runs; resumed ones count fully).
+
+    ``threads``: the CPU threads each run will have (as the executor sets them); steps are timed so.
+    """
+    from harness.jobs import set_threads
+
     costs: dict[str, StepCost] = {}
     out = {}
-    for cfg in cfgs:
-        key = cost_key(cfg)
-        if key not in costs:
-            costs[key] = recorded_cost(cfg, device, runs_root) or measured_cost(cfg, device)
-        c = costs[key]
-        out[cfg.run_id] = cfg.epochs * (steps_per_epoch(cfg) * c.step_s + c.epoch_extra_s)
+    previous = set_threads(threads)
+    try:
+        for cfg in cfgs:
+            key = cost_key(cfg)
+            if key not in costs:
+                costs[key] = recorded_cost(cfg, device, runs_root) or measured_cost(cfg, device)
+            c = costs[key]
+            out[cfg.run_id] = cfg.epochs * (steps_per_epoch(cfg) * c.step_s + c.epoch_extra_s)
+    finally:
+        set_threads(previous)
     if log is not None and costs:
         kinds = sorted({c.source for c in costs.values()})
         log(f"  (step times {' and '.join(kinds)} on {device_name(device)}, for {len(costs)} kinds of run)")

@@ -89,6 +89,20 @@ class InlineExecutor:
         return outcomes
 
 
+def _init_worker(threads: int | None) -> None:
+    """A local worker: its torch threads, and its end when the invoking process ends (however it ends),
+    so that no orphan keeps training a run after its driver was killed (Linux; elsewhere a no-op)."""
+    set_threads(threads)
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_job(spec: JobSpec) -> JobResult:
     """What a local worker runs: one job, its detailed log in the run folder."""
     root = Path(spec.runs_root) / spec.run_id
@@ -119,7 +133,7 @@ class LocalExecutor:
             return s.teacher is None or s.teacher not in ids or s.teacher in finished
 
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=set_threads,
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(self.threads,)) as pool:
             try:
                 while waiting or running:

@@ -22,7 +22,7 @@ from harness.config import CertifySettings, PlannedRun, RunConfig
 class JobSpec:
     run_id: str
     config: dict[str, Any]          # RunConfig.to_dict()
-    certify: dict[str, Any]         # CertifySettings.to_dict()
+    certify: dict[str, Any] | None  # CertifySettings.to_dict(); None: train only
     runs_root: str
     device: str = "auto"
     threads: int | None = None      # CPU threads of torch in this job (None: leave as is)
@@ -41,7 +41,7 @@ class JobSpec:
 @dataclass
 class JobResult:
     run_id: str
-    summary: dict[str, float]
+    summary: dict[str, float] | None   # None: trained only
     train_s: float
     certify_s: float
 
@@ -72,7 +72,7 @@ def _run_job(spec: JobSpec, log: Callable[[str], None]) -> JobResult:
     from harness.train import train
 
     cfg = RunConfig.from_dict(spec.config, source=f"job {spec.run_id}")
-    settings = CertifySettings.from_dict(spec.certify, source=f"job {spec.run_id}")
+    settings = CertifySettings.from_dict(spec.certify, source=f"job {spec.run_id}") if spec.certify else None
     root = Path(spec.runs_root)
     run = RunDir.of(cfg, root)
     job_id = os.environ.get("SLURM_JOB_ID")
@@ -80,6 +80,8 @@ def _run_job(spec: JobSpec, log: Callable[[str], None]) -> JobResult:
         t = time.perf_counter()
         train(cfg, device=spec.device, runs_root=root, log=log)
         t_train = time.perf_counter() - t
+        if settings is None:
+            return JobResult(spec.run_id, None, t_train, 0.0)
         df = certify_run(run, settings, device=spec.device, log=log)
         t_cert = time.perf_counter() - t - t_train
     return JobResult(spec.run_id, summarize(df), t_train, t_cert)

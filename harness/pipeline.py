@@ -45,42 +45,50 @@ def available_datasets(profile: Profile, log: Callable[[str], None]) -> tuple[se
     return ok, skipped
 
 
-def reproduce(profile_name: str | Path, *, device: str = "auto", runs_root: Path | None = None,
+def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_root: Path | None = None,
               results_dir: Path | None = None, plots_dir: Path | None = None, executor: str = "inline",
               workers: int | None = None, threads: int | None = None, poll_s: float = 10.0,
-              slurm_overrides: dict | None = None, log=print) -> int:
+              slurm_overrides: dict | None = None, train_only: bool = False, log=print) -> int:
     """Run a whole profile; returns 0 when every available run finished (skipped data is reported)."""
+    from dataclasses import replace
+
     from harness.device import resolve_device
     from harness.eta import estimate
     from harness.plots import build_figures
     from harness.tables import build_tables
 
-    runs_root = runs_root or RUNS
-    profile: Profile = load_profile(profile_name)
-    if slurm_overrides:
-        from dataclasses import replace
+    if train_only and executor == "slurm":
+        from harness.schema import ConfigError
 
+        raise ConfigError("--train-only works with the inline and local executors (a SLURM job trains and certifies)")
+    runs_root = runs_root or RUNS
+    profile: Profile = profile_name if isinstance(profile_name, Profile) else load_profile(profile_name)
+    if slurm_overrides:
         profile = replace(profile, slurm=replace(profile.slurm, **slurm_overrides))
     log(f"profile {profile.name}: {profile.description}")
     available, skipped = available_datasets(profile, log)
     plan = [p for p in profile.plan() if p.cfg.dataset in available]
     state = plan_state(profile, runs_root)
-    todo = [p for p in plan if state[p.run_id] != "certified"]
+    todo = [p for p in plan if state[p.run_id] == "todo" or (state[p.run_id] == "trained" and not train_only)]
     to_train = [p for p in todo if state[p.run_id] == "todo"]
     n_skipped = len(profile.plan()) - len(plan)
     line = (f"{len(profile.plan())} runs in the plan, {n_skipped} skipped (data missing), "
             f"{len(plan) - len(todo)} done, {len(to_train)} to train, {len(todo) - len(to_train)} to certify")
     weights: dict[str, float] = {p.run_id: 0.0 for p in todo}
+    ex = make_executor(executor, workers=workers, threads=threads, slurm=profile.slurm, certify=profile.certify,
+                       poll_s=poll_s, log=log)
     if executor != "slurm" and to_train:
         dev = resolve_device(device)
-        weights.update(estimate([p.cfg for p in to_train], dev, runs_root))
+        per_run = estimate([p.cfg for p in to_train], dev, runs_root, threads=getattr(ex, "threads", None))
+        # runs in parallel share the machine: the wall time is about the total over the workers
+        weights.update({k: v / getattr(ex, "workers", 1) for k, v in per_run.items()})
         log(f"{line}; expected training time about {fmt_duration(sum(weights.values()))} on this machine "
             f"({_where(executor, workers, threads)}; + certification)")
     else:
         log(line)
-    ex = make_executor(executor, workers=workers, threads=threads, slurm=profile.slurm, certify=profile.certify,
-                       poll_s=poll_s, log=log)
     specs = [JobSpec.of(p, profile.certify, runs_root, device=device) for p in todo]
+    if train_only:
+        specs = [replace(s, certify=None) for s in specs]
     progress = Progress({k: v + 1.0 for k, v in weights.items()})  # +1: certification-only jobs count too
     counts = {"done": 0, "failed": 0}
 
@@ -89,7 +97,9 @@ def reproduce(profile_name: str | Path, *, device: str = "auto", runs_root: Path
         progress.finish(out.spec.run_id)
         n = counts["done"] + counts["failed"]
         head = f"[{n}/{len(specs)}] {out.spec.run_id}"
-        if out.ok:
+        if out.ok and out.result.summary is None:
+            body = f"trained in {fmt_duration(out.result.train_s)}"
+        elif out.ok:
             s, r = out.result.summary, out.result
             took = f"train {fmt_duration(r.train_s)}, certify {fmt_duration(r.certify_s)}; " if r.train_s or \
                 r.certify_s else ""
@@ -102,6 +112,9 @@ def reproduce(profile_name: str | Path, *, device: str = "auto", runs_root: Path
 
     t0 = time.perf_counter()
     outcomes = ex.execute(specs, on_done) if specs else []
+    if train_only:
+        log(f"profile {profile.name}: trained; certification, tables and figures were left for a later run")
+        return 1 if any(not o.ok for o in outcomes) else 0
     build_tables([profile], runs_root=runs_root, results_dir=results_dir, log=log)
     build_figures([profile], results_dir=results_dir, plots_dir=plots_dir, runs_root=runs_root, log=log)
     for ds, why in skipped.items():

@@ -21,7 +21,8 @@ from harness.attacks import pgd_robust
 from harness.bounds.ibp import ibp_bounds
 from harness.bounds.spec import input_box, spec_matrix
 from harness.config import RUNS, ConfigError, RunConfig
-from harness.device import device_name, exact_arithmetic, resolve_device, training_arithmetic
+from harness.device import (device_name, exact_arithmetic, peak_memory_gib, reset_peak_memory, resolve_device,
+                            training_arithmetic)
 from harness.methods import METHODS, TERMS, Batch, make_method
 from harness.models import frozen_batch_stats, ibp_init
 from harness.rundir import (RunDir, atomic_write_text, git_commit, load_checkpoint, load_model, model_for, now,
@@ -219,6 +220,7 @@ def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None
         manifest.update({"teacher": cfg.teacher, "teacher_train_time_s": tm.get("train_time_s")})
     write_json(run.manifest, manifest)
 
+    reset_peak_memory(dev)
     show = sys.stderr.isatty() if progress is None else progress
     l1_layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))] if cfg.l1 else []
     for epoch in range(start_epoch, cfg.epochs):
@@ -273,6 +275,6 @@ def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None
         log(f"[{cfg.run_id}] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} train acc {row['train_acc']:.1f}% "
             f"| val clean {row['val_clean']:.1f}% pgd {row['val_pgd']:.1f}% ibp-cert {row['val_ibp_cert']:.1f}% "
             f"@eps {eps:.4g} | {epoch_time:.1f}s")
-    manifest.update({"status": "finished", "finished": now()})
+    manifest.update({"status": "finished", "finished": now(), "peak_memory_gib": peak_memory_gib(dev)})
     write_json(run.manifest, manifest)
     return run

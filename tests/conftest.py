@@ -28,3 +28,15 @@ def smoke_inline(tmp_path_factory) -> SmokeRun:
     assert reproduce("smoke", device="cpu", threads=1, log=run.logs.append, **run.dirs) == 0
     run.seconds = time.perf_counter() - t
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run only where torch sees a CUDA device (``python -m harness gpucheck`` runs them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

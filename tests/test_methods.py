@@ -206,3 +206,22 @@ def test_shi_regularisers_skip_a_layer_without_active_or_inactive_units():
     got = shi_regularisers(preact, r0, 0.5)
     assert torch.isfinite(got)
     assert got.item() == pytest.approx(_shi_by_selection(preact, r0, 0.5).item(), rel=1e-6)
+
+@pytest.mark.cuda
+def test_shi_regularisers_on_cuda_match_the_cpu():
+    """The hand-written autograd function of the regularisers, value and gradient, on CUDA."""
+    from harness.methods import shi_regularisers
+
+    gen = torch.Generator().manual_seed(0)
+    layers = [(torch.randn(8, 4, 5, 5, generator=gen), torch.rand(8, 4, 5, 5, generator=gen)),
+              (torch.randn(8, 30, generator=gen), torch.rand(8, 30, generator=gen))]
+    results = {}
+    for dev in ("cpu", "cuda"):
+        pre = [(c.to(dev) - r.to(dev), c.to(dev) + r.to(dev)) for c, r in layers]
+        leaves = [t.requires_grad_(True) for pair in pre for t in pair]
+        value = shi_regularisers(pre, torch.tensor(0.05, device=dev))
+        grads = torch.autograd.grad(value, leaves)
+        results[dev] = (value.detach().cpu(), [g.cpu() for g in grads])
+    assert torch.allclose(results["cpu"][0], results["cuda"][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(results["cpu"][1], results["cuda"][1]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

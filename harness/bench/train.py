@@ -19,7 +19,9 @@ Rows (``step``):
   step's arithmetic;
 - ``mtl_ibp-1``, ``ad_cert-1``: one-step attacks, during the ramp (regularisers on in both).
 
-Measurement choices: variants of one model run round-robin (one step of each per round, after one
+Each step runs as training runs it: on CUDA with TF32 and channels-last tensors
+(:func:`harness.device.training_arithmetic`, :func:`harness.train.prepare_model`); on the CPU in
+plain float32. Measurement choices: variants of one model run round-robin (one step of each per round, after one
 warm-up step each) so a slow phase of a shared machine hits them alike; ``torch.cuda.synchronize``
 brackets every step on CUDA; ``repeats`` rounds for CNN7, three times as many for the (cheap, and
 relatively noisier) small models.
@@ -41,8 +43,10 @@ from torch.utils.flop_counter import flop_registry
 from harness.bounds.ibp import ibp_bounds
 from harness.bounds.spec import input_box, spec_matrix
 from harness.config import REPO
+from harness.device import training_arithmetic
 from harness.methods import Batch, make_method, robust_ce_from_margins
 from harness.models import build_model, frozen_batch_stats, ibp_init
+from harness.train import prepare_model
 
 EPS = 0.1
 MODELS = [("cnn_small", None), ("cnn7", 64)]
@@ -111,13 +115,18 @@ class _Step:
 
     def __init__(self, v: Variant, arch: str, width: int | None, info, x, y, teacher) -> None:
         self.v, self.x, self.y, self.teacher, self.num_classes = v, x, y, teacher, info.num_classes
-        self.model = build_model(arch, info.in_shape, info.num_classes, info.mean, info.std, width).to(x.device)
+        self.model = build_model(arch, info.in_shape, info.num_classes, info.mean, info.std, width)
         ibp_init(self.model)
+        self.model = prepare_model(self.model, x.device)  # as training lays it out (channels-last on CUDA)
         self.model.train()
         self.method = make_method(v.method, v.params)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
 
     def __call__(self) -> None:
+        with training_arithmetic(self.x.device):  # as training computes (TF32 on CUDA; the CPU unchanged)
+            self._step()
+
+    def _step(self) -> None:
         if self.v.bound_pass_only:
             loss = _bound_pass_loss(self.model, self.x, self.y, EPS * self.v.eps_fraction, self.num_classes)
             self.model.train()
@@ -142,10 +151,13 @@ def bench_train(device: str = "auto", repeats: int = 7, batch: int = 128, out: P
     info = get_info("mnist")
     torch.manual_seed(0)
     x = torch.rand(batch, *info.in_shape, device=dev)
+    if dev.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, info.num_classes, (batch,), device=dev)
     rows = []
     for arch, width in models:
-        teacher = build_model(arch, info.in_shape, info.num_classes, info.mean, info.std, width).to(dev).eval()
+        teacher = prepare_model(build_model(arch, info.in_shape, info.num_classes, info.mean, info.std, width),
+                                dev).eval()
         steps = [_Step(v, arch, width, info, x, y, teacher) for v in variants]
         flops = []
         for step in steps:

@@ -315,7 +315,7 @@ def test_train_mode_rejected(data):
         lirpa_margin_bounds(model, x, y, EPS, "crown")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu(model, data, bounds32):
     x, y = data
     gpu = copy.deepcopy(model).cuda()

@@ -1,0 +1,105 @@
+"""harness.certify: out-of-memory errors split batches without skipping or repeating a sample, and
+the records do not depend on the batching or on what the process did before."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from harness import certify as certify_module
+from harness.batching import AdaptiveBatches, forget_known_sizes
+from harness.certify import budgeted, certify_run
+from harness.config import load_profile
+from harness.jobs import set_threads
+from harness.rundir import RunDir
+
+
+@pytest.fixture()
+def smoke_run(smoke_inline, tmp_path):
+    """A copy of the smoke profile's MTL-IBP run (trained and certified by the session's inline run)."""
+    cfg = [c for c in load_profile("smoke").runs() if c.method == "mtl_ibp"][0]
+    src = RunDir.of(cfg, smoke_inline.dirs["runs_root"])
+    dst = RunDir(tmp_path / cfg.run_id)
+    shutil.copytree(src.path, dst.path)
+    return src, dst
+
+
+def test_out_of_memory_splits_batches_and_gives_the_same_records(smoke_run, monkeypatch):
+    src, dst = smoke_run
+    forget_known_sizes()
+    limit = 7
+    seen: Counter = Counter()
+    real_certify, real_pgd = certify_module.certify_batch, certify_module.pgd_robust
+
+    def tight(fn, name):
+        def wrapped(model, x, y, eps, *args, **kw):
+            if len(x) > limit:
+                raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {len(x)} > {limit})")
+            out = fn(model, x, y, eps, *args, **kw)
+            seen[name if name != "cert" else args[0]] += len(x)
+            return out
+        return wrapped
+
+    monkeypatch.setattr(certify_module, "certify_batch", tight(real_certify, "cert"))
+    monkeypatch.setattr(certify_module, "pgd_robust", tight(real_pgd, "pgd"))
+    logs: list[str] = []
+    settings = load_profile("smoke").certify
+    previous = set_threads(1)  # as the session's smoke run certified it (CPU results depend on the threads)
+    try:
+        df = certify_run(dst, settings, device="cpu", force=True, log=logs.append)
+    finally:
+        set_threads(previous)
+    assert any("out of memory in" in line for line in logs)
+    # byte-identical records: no sample skipped, none counted twice, none drawn differently
+    assert (dst.path / "certify.csv").read_bytes() == (src.path / "certify.csv").read_bytes()
+    ref = pd.read_csv(src.path / "certify.csv")
+    assert seen["pgd"] == int((ref["clean_pred"] == ref["label"]).sum())   # each correct sample attacked once
+    for name in ("ibp", "lirpa-ibp", "crown-ibp"):
+        assert seen[name] == len(df)
+    assert seen["crown"] == int(df["margin_crown"].notna().sum())
+    forget_known_sizes()
+
+
+def test_adaptive_batches_keep_the_size_that_worked_and_reraise_other_errors():
+    forget_known_sizes()
+    done: list[int] = []
+
+    def fn(chunk):
+        if len(chunk) > 3:
+            raise torch.OutOfMemoryError("out of memory")
+        done.extend(chunk.tolist())
+
+    ab = AdaptiveBatches(torch.device("cpu"), log=lambda *_: None)
+    ab.run(("x",), np.arange(20), 16, fn)
+    assert done == list(range(20)) and ab.used["x"] == 2
+    done.clear()
+    AdaptiveBatches(torch.device("cpu"), log=lambda *_: None).run(("x",), np.arange(5), 16, fn)
+    assert done == list(range(5))  # started at the remembered size: no failed attempt needed
+
+    def broken(chunk):
+        raise ValueError("not memory")
+
+    with pytest.raises(ValueError, match="not memory"):
+        ab.run(("y",), np.arange(4), 4, broken)
+
+    def always(chunk):
+        raise torch.OutOfMemoryError("out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError):  # one sample that does not fit is an error, not a skip
+        ab.run(("z",), np.arange(4), 4, always)
+    forget_known_sizes()
+
+
+def test_a_budget_covers_the_prefix_up_to_its_last_sample():
+    undecided = np.array([3, 8, 9, 15])
+    idx, covered = budgeted(undecided, 2, 20)
+    assert idx.tolist() == [3, 8] and covered == 9
+    idx, covered = budgeted(undecided, 10, 20)
+    assert idx.tolist() == [3, 8, 9, 15] and covered == 20
+    idx, covered = budgeted(undecided, 0, 20)
+    assert idx.tolist() == [] and covered == 0
