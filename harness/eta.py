@@ -74,7 +74,8 @@ def recorded_cost(cfg: RunConfig, device: torch.device, runs_root: Path) -> Step
         if cost_key(other) != key:
             continue
         spe = steps_per_epoch(other)
-        for line in (manifest.parent / "metrics.jsonl").read_text().splitlines():
+        metrics = manifest.parent / "metrics.jsonl"
+        for line in metrics.read_text().splitlines() if metrics.exists() else []:
             row = json.loads(line)
             steps.append(row["epoch_time_s"] / spe)
             extras.append(row.get("val_time_s", 0.0))
