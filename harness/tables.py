@@ -144,7 +144,10 @@ def profile_tables(profile: Profile, summary: pd.DataFrame) -> dict[str, pd.Data
                             suffixes=("", "_published"))
     comparison = comparison.rename(columns={"arch_published": "published_arch", "clean_acc": "published_clean_acc",
                                             "cert_acc": "published_cert_acc", "source": "published_source"})
-    return {"summary": summary, "summary_mean": agg, "paper_comparison": comparison}
+    from harness.tradeoff import tradeoff_tables
+
+    return {"summary": summary, "summary_mean": agg, "paper_comparison": comparison,
+            **tradeoff_tables(profile, summary)}
 
 
 def _best_certified(agg: pd.DataFrame) -> pd.DataFrame:

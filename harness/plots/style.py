@@ -1,0 +1,31 @@
+"""One look for every figure: a colour and marker per method, headless saving through a temporary file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files
+import matplotlib.pyplot as plt  # noqa: E402
+
+from harness.config import REPO  # noqa: E402
+
+PLOTS = REPO / "plots"
+METHOD_STYLE = {  # one colour and marker per method, the same in every figure
+    "standard": ("tab:gray", "o"), "pgd": ("tab:orange", "s"), "ibp": ("tab:blue", "^"),
+    "mtl_ibp": ("tab:green", "D"), "cc_ibp": ("tab:olive", "P"), "exp_ibp": ("tab:cyan", "X"),
+    "ad_cert": ("tab:red", "*"), "crown_ibp": ("tab:purple", "v"), "sabr": ("tab:brown", "<"),
+}
+
+
+def method_style(method: str) -> tuple[str, str]:
+    return METHOD_STYLE.get(method, ("black", "o"))
+
+
+def save_figure(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,198 @@
+"""Trade-off tables of a profile with sweeps: paired differences, dominated areas, costs, ablations.
+
+All from the plan (which run is which: method, swept values, ablation) and the summary rows. The
+per-run axes are the standard (clean) accuracy, the attack accuracy (AutoAttack where it ran on the
+whole test set, else PGD) and the certified accuracy (IBP + CROWN-IBP, which every run has on the
+whole test set, so every run is measured alike).
+
+paired.csv       per (setting, alpha): AD-CERT minus MTL-IBP, seed by seed: mean, 95% t-interval,
+                 p-value, seeds where AD-CERT is better on both axes, seeds needed to detect 0.3 points
+hypervolume.csv  per (setting, method): the area its curve dominates (per seed, then mean and interval),
+                 against a stated reference point, and AD-CERT minus MTL-IBP paired
+costs.csv        per (setting, method, alpha): training time, with AD-CERT's teacher amortised over the
+                 students that share it
+ablations.csv    per (setting, variant): variant minus the base AD-CERT run of the same seed
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import pandas as pd
+
+from harness.config import PlannedRun, Profile
+from harness.stats import Interval, hypervolume, paired_difference, paired_p_value, pairs_needed, t_interval
+
+#: The axes of the trade-off: (summary column, label).
+CLEAN, CERT = "clean_acc", "cert_crown_ibp"
+DETECT = 0.3   # points: the difference the seed count is sized for
+SWEPT = ("mtl_ibp", "ad_cert")
+
+
+def attack_column(summary: pd.DataFrame) -> str:
+    """AutoAttack accuracy where every run has it on the whole test set, else PGD."""
+    if "aa_acc" in summary and summary["aa_acc"].notna().all() and (summary.get("n_autoattack") ==
+                                                                     summary["n_test"]).all():
+        return "aa_acc"
+    return "pgd_acc"
+
+
+def run_items(profile: Profile, summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """One dict per measured run: its plan facts (setting, method, alpha, ablation, seed) and its numbers."""
+    by_id = summary[summary["status"] == "ok"].set_index("run_id")
+    out = []
+    for p in profile.plan():
+        if p.run_id not in by_id.index:
+            continue
+        r = by_id.loc[p.run_id]
+        sweep = dict(p.sweep)
+        out.append({"plan": p, "setting": f"{p.setting.dataset} eps {p.setting.eps_label}", "method": p.cfg.method,
+                    "alpha": sweep.get("alpha", p.cfg.params.get("alpha", math.nan)), "sweep": p.sweep,
+                    "ablation": p.ablation, "teacher_of": p.teacher_of, "seed": p.cfg.seed, "row": r})
+    return out
+
+
+def _value(item: dict, column: str) -> float:
+    v = item["row"].get(column, math.nan)
+    return float(v) if v is not None else math.nan
+
+
+def _interval_columns(prefix: str, iv: Interval) -> dict[str, float]:
+    return {f"{prefix}_mean": iv.mean, f"{prefix}_ci_low": iv.low, f"{prefix}_ci_high": iv.high}
+
+
+def paired_table(items: list[dict], attack: str) -> pd.DataFrame:
+    """AD-CERT minus MTL-IBP at each (setting, alpha), over the seeds both have."""
+    pairs: dict[tuple, dict[str, dict[int, dict]]] = defaultdict(lambda: {"ad_cert": {}, "mtl_ibp": {}})
+    for it in items:
+        if it["method"] in SWEPT and not it["ablation"]:
+            pairs[(it["setting"], it["alpha"])][it["method"]][it["seed"]] = it
+    rows = []
+    for (setting, alpha), by in sorted(pairs.items()):
+        seeds = sorted(set(by["ad_cert"]) & set(by["mtl_ibp"]))
+        if not seeds:
+            continue
+        row: dict[str, Any] = {"setting": setting, "alpha": alpha, "n_seeds": len(seeds)}
+        for name, column in (("clean", CLEAN), ("attack", attack), ("certified", CERT)):
+            a = [_value(by["ad_cert"][s], column) for s in seeds]
+            b = [_value(by["mtl_ibp"][s], column) for s in seeds]
+            iv = paired_difference(a, b)
+            row.update(_interval_columns(f"diff_{name}", iv))
+            row[f"p_{name}"] = paired_p_value(a, b)
+            row[f"seeds_for_{DETECT}_{name}"] = pairs_needed(DETECT, iv.sd) if iv.n >= 2 else None
+        row["seeds_better_on_both"] = sum(
+            1 for s in seeds if _value(by["ad_cert"][s], CLEAN) > _value(by["mtl_ibp"][s], CLEAN)
+            and _value(by["ad_cert"][s], CERT) > _value(by["mtl_ibp"][s], CERT))
+        row["attack_column"] = attack
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def reference_point(items: list[dict], setting: str) -> tuple[float, float]:
+    """The hypervolume reference of a setting: the lowest clean and certified accuracy among its
+    certified-training runs (IBP, MTL-IBP, AD-CERT sweep runs), so every such run dominates it."""
+    pts = [(_value(it, CLEAN), _value(it, CERT)) for it in items
+           if it["setting"] == setting and it["method"] in ("ibp",) + SWEPT and not it["ablation"]]
+    return (min(p[0] for p in pts), min(p[1] for p in pts))
+
+
+def hypervolume_table(items: list[dict]) -> pd.DataFrame:
+    """Per (setting, method): the area of the (clean, certified) plane its runs of one seed dominate."""
+    rows = []
+    for setting in sorted({it["setting"] for it in items}):
+        ref = reference_point(items, setting)
+        per: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+        for it in items:
+            if it["setting"] == setting and it["method"] in ("ibp",) + SWEPT and not it["ablation"]:
+                per[it["method"]][it["seed"]].append((_value(it, CLEAN), _value(it, CERT)))
+        hv = {m: {s: hypervolume(pts, ref) for s, pts in by_seed.items()} for m, by_seed in per.items()}
+        for method in sorted(hv):
+            iv = t_interval(list(hv[method].values()))
+            rows.append({"setting": setting, "method": method, "points_per_seed": max(map(len, per[method].values())),
+                         "reference_clean": ref[0], "reference_certified": ref[1], "n_seeds": iv.n,
+                         **_interval_columns("hypervolume", iv)})
+        if "ad_cert" in hv and "mtl_ibp" in hv:
+            seeds = sorted(set(hv["ad_cert"]) & set(hv["mtl_ibp"]))
+            iv = paired_difference([hv["ad_cert"][s] for s in seeds], [hv["mtl_ibp"][s] for s in seeds])
+            rows.append({"setting": setting, "method": "ad_cert - mtl_ibp (paired)", "points_per_seed": math.nan,
+                         "reference_clean": ref[0], "reference_certified": ref[1], "n_seeds": iv.n,
+                         **_interval_columns("hypervolume", iv)})
+    return pd.DataFrame(rows)
+
+
+def costs_table(items: list[dict], plan: list[PlannedRun]) -> pd.DataFrame:
+    """Training minutes per (setting, method, alpha); AD-CERT's with its teacher's share."""
+    students: dict[str, int] = defaultdict(int)
+    for p in plan:
+        if p.cfg.teacher:
+            students[p.cfg.teacher] += 1
+    train_time = {it["plan"].run_id: _value(it, "train_time_s") for it in items}
+    groups: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    for it in items:
+        if it["teacher_of"]:
+            continue
+        t = train_time[it["plan"].run_id]
+        teacher = it["plan"].cfg.teacher
+        share = train_time.get(teacher, math.nan) / students[teacher] if teacher else 0.0
+        label = it["ablation"] and f"ablation {it['ablation']}"
+        groups[(it["setting"], it["method"], label or "", it["alpha"])].append((t, share))
+    rows = []
+    for (setting, method, variant, alpha), ts in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        own = t_interval([t for t, _ in ts]).mean / 60
+        share = t_interval([s for _, s in ts]).mean / 60
+        rows.append({"setting": setting, "method": method, "variant": variant, "alpha": alpha, "n_seeds": len(ts),
+                     "train_min": own, "teacher_share_min": share, "total_min": own + share})
+    return pd.DataFrame(rows)
+
+
+def best_alpha(items: list[dict], setting: str, method: str = "ad_cert") -> float:
+    """The swept alpha with the highest mean of (clean + certified) / 2 over seeds."""
+    by: dict[float, list[float]] = defaultdict(list)
+    for it in items:
+        if it["setting"] == setting and it["method"] == method and not it["ablation"]:
+            by[it["alpha"]].append((_value(it, CLEAN) + _value(it, CERT)) / 2)
+    return max(by, key=lambda a: sum(by[a]) / len(by[a])) if by else math.nan
+
+
+def ablation_table(items: list[dict], profile: Profile, attack: str) -> pd.DataFrame:
+    """Each ablation variant minus the base AD-CERT run (the sweep's run at ablations.base) of its seed."""
+    if profile.ablations is None:
+        return pd.DataFrame()
+    base = profile.ablations.base
+    rows = []
+    for setting in sorted({it["setting"] for it in items}):
+        base_runs = {it["seed"]: it for it in items if it["setting"] == setting and it["method"] == "ad_cert"
+                     and not it["ablation"] and all(it["plan"].cfg.params.get(k) == v for k, v in base.items())}
+        best = best_alpha(items, setting)
+        for v in profile.ablations.variants:
+            var = {it["seed"]: it for it in items if it["setting"] == setting and it["ablation"] == v.name}
+            seeds = sorted(set(var) & set(base_runs))
+            if not seeds:
+                continue
+            row: dict[str, Any] = {"setting": setting, "variant": v.name, "base": ", ".join(
+                f"{k}={x}" for k, x in base.items()), "sweep_best_alpha": best, "n_seeds": len(seeds)}
+            for name, column in (("clean", CLEAN), ("attack", attack), ("certified", CERT)):
+                a = [_value(var[s], column) for s in seeds]
+                b = [_value(base_runs[s], column) for s in seeds]
+                row.update(_interval_columns(f"diff_{name}", paired_difference(a, b)))
+                row[f"p_{name}"] = paired_p_value(a, b)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tradeoff_tables(profile: Profile, summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The trade-off tables of a profile whose plan has sweeps or ablations (else none)."""
+    plan = profile.plan()
+    if not any(p.sweep or p.ablation for p in plan):
+        return {}
+    items = run_items(profile, summary)
+    if not items:
+        return {}
+    attack = attack_column(summary[summary["status"] == "ok"])
+    tables = {"paired": paired_table(items, attack), "hypervolume": hypervolume_table(items),
+              "costs": costs_table(items, plan)}
+    if profile.ablations is not None:
+        tables["ablations"] = ablation_table(items, profile, attack)
+    return tables
