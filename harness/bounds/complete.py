@@ -356,6 +356,19 @@ def _solver_band(program: MILPProgram, abs_maps: list[sp.csr_matrix], net: MILPN
 
 
 # ----------------------------------------------------------------------------------------- solve
+_SCHEDULER_THREADS: list[int] = []  # the thread count HiGHS's process-wide scheduler was started with
+
+
+def _use_threads(threads: int) -> None:
+    """HiGHS starts one scheduler per process and refuses to run with another thread count: restart it.
+
+    Also at this module's first solve, since another user of highspy may have started it already.
+    """
+    if _SCHEDULER_THREADS != [threads]:
+        highspy.Highs.resetGlobalScheduler(True)
+    _SCHEDULER_THREADS[:] = [threads]
+
+
 def _solve_class(program: MILPProgram, net: MILPNetwork, y: int, j: int, threshold: float,
                  check: _CounterexampleCheck, nodes_left: int, time_left: float, threads: int,
                  early_stop: bool) -> tuple[ClassResult, torch.Tensor | None]:
@@ -412,11 +425,14 @@ def _solve_class(program: MILPProgram, net: MILPNetwork, y: int, j: int, thresho
     if program.num_binaries:
         h.cbMipInterrupt.subscribe(on_interrupt)
         h.cbMipImprovingSolution.subscribe(on_solution)
+    _use_threads(threads)
     t0 = time.perf_counter()
-    h.run()
+    run_status = h.run()
     elapsed = time.perf_counter() - t0
     if state["error"] is not None:
         raise state["error"]
+    if run_status == highspy.HighsStatus.kError:
+        raise RuntimeError(f"HiGHS failed to solve the program (status {h.modelStatusToString(h.getModelStatus())})")
     status = h.modelStatusToString(h.getModelStatus())
     info = h.getInfo()
     model_status = h.getModelStatus()

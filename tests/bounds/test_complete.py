@@ -260,6 +260,10 @@ def test_verdicts_are_reproducible_and_the_node_limit_is_deterministic():
     assert any("node limit" in c.reason for c in runs[0].classes)
     stopped = verify_sample(net, model, x, y, eps, pre, node_limit=0, early_stop=False)
     assert stopped.verdict != "verified"
+    # HiGHS keeps one thread pool per process: another thread count must still solve (same answers here).
+    for threads in (2, 1):
+        again = verify_sample(net, model, x, y, eps, pre, early_stop=False, node_limit=25, threads=threads)
+        assert [c.lower_bound for c in again.classes] == [c.lower_bound for c in runs[0].classes]
 
 
 def test_widening_decides_which_relus_count_as_stable():
