@@ -174,8 +174,10 @@ def verify_sample(net: MILPNetwork, model: nn.Module, x: torch.Tensor, y: int | 
     band = float(fp_tolerance(torch.tensor(scale, dtype=torch.float64), torch.float32))
     widened = []
     for k, (lo, hi) in enumerate(bounds):
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            raise ValueError(f"ReLU layer {k}: bounds must be finite (big-M constants); got inf or NaN")
         lo, hi = lo - band, hi + band
-        if not (np.all(lo <= hi) and not np.isnan(lo).any() and not np.isnan(hi).any()):
+        if not np.all(lo <= hi):
             raise ValueError(f"ReLU layer {k}: a lower bound exceeds its upper bound even after widening by "
                              f"the rounding band {band:.3g}: a source of bounds is unsound or belongs to another sample")
         widened.append((lo, hi))

@@ -319,6 +319,8 @@ def test_bad_input_is_rejected_clearly():
         verify_sample(net, model, x, 0, eps, [(pre[0][0][:, :3], pre[0][1][:, :3]), pre[1]])
     with pytest.raises(ValueError, match="unsound"):
         verify_sample(net, model, x, 0, eps, [(pre[0][1] + 1, pre[0][1]), pre[1]])
+    with pytest.raises(ValueError, match="finite"):
+        verify_sample(net, model, x, 0, eps, [(pre[0][0] - math.inf, pre[0][1]), pre[1]])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         verify_sample(net, model, x + 1, 0, eps, pre)
     with pytest.raises(ValueError, match="shape"):
