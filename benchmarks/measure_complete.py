@@ -59,8 +59,9 @@ def scipy_solve(program, net, y, j, node_limit, time_limit):
     res = milp(cost, integrality=program.integer.astype(int), bounds=Bounds(program.col_lower, program.col_upper),
                constraints=LinearConstraint(program.matrix, program.row_lower, program.row_upper),
                options={"node_limit": node_limit, "time_limit": time_limit, "mip_rel_gap": 0.0})
+    dual = getattr(res, "mip_dual_bound", None)
     return time.perf_counter() - t, res.status, (res.fun + const) if res.fun is not None else None, \
-        getattr(res, "mip_dual_bound", None), getattr(res, "mip_node_count", None)
+        (dual + const) if dual is not None else None, getattr(res, "mip_node_count", None)
 
 
 def summary(results):

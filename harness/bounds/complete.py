@@ -11,7 +11,8 @@ Verdicts (per sample; "unknown" is never counted as robust or as broken)
   lower bound (its dual bound) exceeds the class's threshold ``max(band, solver_band)``:
   ``band = fp_tolerance(rounding_scale(...), float32)`` is the floating-point rule's band for the
   sample (:mod:`harness.bounds`), and ``solver_band`` accounts for HiGHS's feasibility tolerances
-  (see below). Both are recorded in the result.
+  (see below). The result records the band and each class's threshold. What is verified is the
+  real-valued network defined by the parameters, as for every certifier of :mod:`harness.bounds`.
 - **counterexample**: a solution the solver found, its input rounded to float32 and clipped to the
   largest float32 box inside the real box B(x, eps) ∩ [0, 1], is misclassified (some wrong logit
   >= the true one) by a plain forward pass of the model in float32 *and* of a float64 copy.
@@ -48,14 +49,17 @@ Limits and reproducibility
 The per-sample limit is a node budget (``node_limit``, shared by the sample's class programs);
 HiGHS with one thread (``threads=1``) and a fixed seed is deterministic, and the early stops are
 decisions on the solver's deterministic state, so the same model, sample and settings give the
-same verdict on any machine. ``time_limit_s`` is a wall-clock safety net only: a verdict reached
-with it hit (``wall_clock_limited``) depends on the machine. Node limits do not cap the work at
+same verdict on any machine. ``time_limit_s`` is a wall-clock safety net only: a result with it
+hit (``wall_clock_limited``) depends on the machine (a class that ran out of time is unknown, and
+which classes were tried after it depends on the time left). Node limits do not cap the work at
 the root node (HiGHS offers no iteration limit for its MIP solver). A per-run budget is the
 caller's: each result carries its time and node count.
 
 Early stop (highspy 1.15): a ``cbMipInterrupt`` callback interrupts as soon as the dual bound
 exceeds the threshold (sign proven positive); a ``cbMipImprovingSolution`` callback checks each
-new incumbent with non-positive margin by forward passes and interrupts on a real counterexample.
+new incumbent whose margin is at most the threshold by forward passes and interrupts on a real
+counterexample. (``objective_target`` would stop at any negative incumbent, real or not, and
+``objective_bound`` applies to the dual simplex, not to the MIP's bound.)
 """
 
 from __future__ import annotations
