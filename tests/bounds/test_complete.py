@@ -223,7 +223,8 @@ def test_counterexample_is_misclassified_and_inside_the_box():
     assert res.verdict == "counterexample" and res.counterexample.dtype == torch.float32
     cex = res.counterexample
     for m, dtype in ((model, torch.float32), (net.model64, torch.float64)):
-        z = m(cex.to(dtype).unsqueeze(0))[0]
+        with torch.no_grad():
+            z = m(cex.to(dtype).unsqueeze(0))[0]
         assert float(torch.cat([z[:y], z[y + 1:]]).max()) >= float(z[y])
     assert torch.all(cex.double() >= (x.double() - eps).clamp(min=0)) and torch.all(cex.double() <= (x.double() + eps).clamp(max=1))
     assert [c.verdict for c in res.classes].count("counterexample") == 1  # the sample stopped there
