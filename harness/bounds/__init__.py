@@ -49,7 +49,7 @@ from harness.bounds.spec import check_batch, input_box, spec_matrix
 __all__ = [
     "METHODS", "FP32_ABS_TOL", "FP32_REL_TOL", "FP64_ABS_TOL", "FP64_REL_TOL", "Verdicts",
     "IBPBounds", "UnsupportedLayerError", "certify", "ibp_bounds", "margin_lower_bounds",
-    "flatten_layers", "fp_tolerance",
+    "flatten_layers", "fp_tolerance", "rounding_scale",
 ]
 
 #: Every certifier behind this interface; all but "ibp" are auto_LiRPA's (harness.bounds.lirpa).
@@ -237,6 +237,14 @@ def _logits(model: nn.Module, x: torch.Tensor, batch_size: int | None) -> torch.
         return torch.cat([model(x[s:s + step]) for s in range(0, x.shape[0], step)])
 
 
+def _envelope(lower: torch.Tensor, magnitude: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """The rule's per-sample scale (float64): max(|margin lower bounds|, |clean logits|, IBP magnitude)."""
+    parts = [lower.detach().abs().amax(1), logits.detach().abs().amax(1)]
+    if magnitude is not None:
+        parts.append(magnitude.detach())
+    return torch.stack([p.double() for p in parts]).amax(0)
+
+
 def _verdicts_from_bounds(lower: torch.Tensor, magnitude: torch.Tensor | None, logits: torch.Tensor,
                           dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """THE soundness rule: (certified, uncertain, min_margin as float64) for bounds computed in ``dtype``.
@@ -245,10 +253,7 @@ def _verdicts_from_bounds(lower: torch.Tensor, magnitude: torch.Tensor | None, l
     certified iff min margin > tol(scale); uncertain (to recompute in float64) iff |min margin| <= tol,
     except in float64 where the band around 0 is simply not certified.
     """
-    parts = [lower.detach().abs().amax(1), logits.detach().abs().amax(1)]
-    if magnitude is not None:
-        parts.append(magnitude.detach())
-    scale = torch.stack([p.double() for p in parts]).amax(0)
+    scale = _envelope(lower, magnitude, logits)
     tol = fp_tolerance(scale, dtype)
     min_margin = lower.detach().amin(1).double()
     certified = min_margin > tol
@@ -297,3 +302,32 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, meth
 def _grad_mode(method: str) -> contextlib.AbstractContextManager:
     """No autograd graph for the own IBP; the auto_LiRPA adapter manages grad itself (alpha-CROWN needs it)."""
     return torch.no_grad() if method == "ibp" else contextlib.nullcontext()
+
+
+def rounding_scale(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                   margin_lower: torch.Tensor | None = None) -> torch.Tensor:
+    """The soundness rule's scale for each sample, (B,) float64: what :func:`certify` uses.
+
+    max(|margin lower bounds|, |clean logits|, own-IBP magnitude of every ReLU input and margin).
+    The margin bounds are the own IBP's, and also ``margin_lower`` (B, K-1) when a caller has
+    tighter ones from another method (their finite entries; the envelope only grows, so the band
+    stays conservative).
+    ``fp_tolerance(rounding_scale(...), torch.float32)`` is then the band within which a float32
+    bound of this sample may be off. The model must be in eval mode; inputs in [0, 1].
+    """
+    _validate(model, x, y, eps, "ibp")
+    dtype = model_dtype(model)
+    if x.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.float64, device=x.device)
+    logits = _logits(model, x.to(dtype), None)
+    with torch.no_grad():
+        lower, magnitude = _ibp_pass(model, x, y, float(eps), logits.shape[1], None, True)
+    scale = _envelope(lower, magnitude, logits)
+    if margin_lower is not None:
+        if margin_lower.shape != lower.shape:
+            raise ValueError(f"margin_lower must have shape {tuple(lower.shape)} (batch, classes - 1), "
+                             f"got {tuple(margin_lower.shape)}")
+        mag = margin_lower.detach().double().abs().to(scale.device)
+        mag = torch.where(torch.isfinite(mag), mag, torch.zeros_like(mag))  # -inf = "no bound", not a magnitude
+        scale = torch.maximum(scale, mag.amax(1))
+    return scale
