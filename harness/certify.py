@@ -1,74 +1,62 @@
 """Certify a finished run: one record per test sample, checked invariants, timings.
 
 Writes ``runs/<id>/certify.csv`` (per-sample records) and ``runs/<id>/certify.json`` (settings,
-per-stage wall time, what each stage covered, batch sizes, peak memory). The stages run in order:
+per-stage wall time, what each budgeted stage covered, batch sizes, peak memory, the complete
+verifier's counts). The stages are :mod:`harness.cascade`'s:
 
-    clean -> PGD -> IBP (own) + IBP (auto_LiRPA) -> CROWN-IBP -> CROWN -> alpha-CROWN
+    clean -> PGD -> IBP (own, and auto_LiRPA's beside it) -> CROWN-IBP -> CROWN -> alpha-CROWN
+          -> AutoAttack -> complete verification (MILP) -> AutoAttack on certified samples (alarm)
 
 Verdict columns are *cumulative* along the cascade: ``cert_crown`` means "certified by CROWN or by a
 cheaper method before it", which is what a verification pipeline reports, and lets the expensive
-certifiers run only on the samples the cheaper ones left undecided (correctly classified, not broken
-by an attack, not yet certified). The own IBP and auto_LiRPA's IBP both run on every sample and must
+stages run only on the samples the cheaper ones left undecided (correctly classified, not broken by
+an attack, not yet certified). The own IBP and auto_LiRPA's IBP both run on every sample and must
 agree.
 
 An expensive stage has a *budget*: the number of undecided samples it may process, taken in index
 order. When the budget does not run out, the stage covers the whole test set; when it does, the
 stage's column covers the prefix of the test set up to its last processed sample (``n_<stage>`` in
 ``certify.json`` and in the tables) and is empty beyond it. Budgets are counts, not seconds, so that
-the same settings give the same records on any machine.
+the same settings give the same records on any machine (the complete verifier's per-sample
+wall-clock cap is the one exception; ``certify.json`` counts the samples that hit it).
 
-Every random draw (PGD's starts) comes from generators seeded by the run id and the stage, per sample
-(:mod:`harness.randomness`), so a re-run or a resumed certification writes byte-identical records,
-whatever the process did before and however the batches were split after an out-of-memory error
-(:mod:`harness.batching`). Certification runs in IEEE float32 / float64 arithmetic only
-(:func:`harness.device.exact_arithmetic`).
+Every random draw (PGD's and AutoAttack's starts) comes from generators seeded by the run id and the
+stage (per sample for PGD: :mod:`harness.randomness`), so a re-run or a resumed certification writes
+byte-identical records, whatever the process did before. Certification runs in IEEE float32 /
+float64 arithmetic only (:func:`harness.device.exact_arithmetic`).
 """
 
 from __future__ import annotations
 
 import json
-import time
-from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 
-from harness.attacks import pgd_robust
-from harness.batching import AdaptiveBatches
-from harness.bounds import certify as certify_batch
+from harness.cascade import (CERTIFIERS, Cascade, InvariantError, budgeted, col, covered_key,  # noqa: F401
+                             margin_col)
 from harness.config import CertifySettings
 from harness.device import device_name, exact_arithmetic, peak_memory_gib, reset_peak_memory, resolve_device
-from harness.randomness import SampleNoise, derived_seed
-from harness.rundir import RunDir, atomic_write_text, load_model, write_json
+from harness.rundir import RunDir, atomic_write_text, write_json
 
-# Column names of the per-sample records (one place).
-CERTIFIERS = ("ibp", "lirpa-ibp", "crown-ibp", "crown", "alpha-crown")
-#: Stages that run on undecided samples only, within a budget (CertifySettings.<stage>_samples).
-BUDGETED = ("crown", "alpha-crown")
+__all__ = ["CERTIFIERS", "InvariantError", "budgeted", "certify_run", "check_invariants", "col", "covered_key",
+           "is_certified", "margin_col", "summarize"]
 
 
-def col(certifier: str) -> str:
-    """Verdict column of a certifier, e.g. ``cert_crown_ibp``."""
-    return "cert_" + certifier.replace("-", "_")
-
-
-def margin_col(certifier: str) -> str:
-    return "margin_" + certifier.replace("-", "_")
-
-
-def covered_key(stage: str) -> str:
-    """The ``certify.json`` / table key of the prefix a budgeted stage covered, e.g. ``n_alpha_crown``."""
-    return "n_" + stage.replace("-", "_")
-
-
-class InvariantError(AssertionError):
-    """A property every sound evaluation must have does not hold: a bug in a bound or an attack."""
+def _broken(df: pd.DataFrame) -> pd.Series:
+    """Samples a confirmed attack point (PGD, AutoAttack) or a counterexample of the MILP breaks."""
+    out = ~df["pgd_robust"].astype(bool)
+    if "aa_robust" in df:
+        out |= df["aa_robust"] == 0
+    if "complete" in df:
+        out |= df["complete"].astype(str) == "counterexample"
+    return out
 
 
 def check_invariants(df: pd.DataFrame, where: str = "") -> None:
     """Fatal checks on per-sample records (see module docstring)."""
     correct = df["clean_pred"] == df["label"]
+    broken = _broken(df)
     for c in CERTIFIERS:
         name = col(c)
         if name not in df or df[name].isna().all():
@@ -77,10 +65,10 @@ def check_invariants(df: pd.DataFrame, where: str = "") -> None:
         bad = df.index[cert & ~correct]
         if len(bad):
             raise InvariantError(f"{where}: {c} certifies misclassified sample(s) {list(df.loc[bad, 'index'][:5])}")
-        bad = df.index[cert & ~df["pgd_robust"].astype(bool)]
+        bad = df.index[cert & broken]
         if len(bad):
-            raise InvariantError(f"{where}: {c} certifies sample(s) {list(df.loc[bad, 'index'][:5])} that PGD "
-                                 f"breaks: a bound or the attack is wrong")
+            raise InvariantError(f"{where}: {c} certifies sample(s) {list(df.loc[bad, 'index'][:5])} that an attack "
+                                 f"or a counterexample breaks: a bound or the attack is wrong")
     both = df[col("ibp")].notna() & df[col("lirpa-ibp")].notna()
     diff = df.index[both & (df[col("ibp")].astype(bool) != df[col("lirpa-ibp")].astype(bool))]
     if len(diff):
@@ -90,119 +78,6 @@ def check_invariants(df: pd.DataFrame, where: str = "") -> None:
     pgd = df["pgd_robust"].astype(bool).mean()
     if not pgd <= clean:
         raise InvariantError(f"{where}: PGD accuracy {pgd} exceeds clean accuracy {clean}")
-
-
-def budgeted(undecided: np.ndarray, budget: int, n: int) -> tuple[np.ndarray, int]:
-    """(the undecided indices a stage processes, the length of the test-set prefix it then covers)."""
-    if budget <= 0:
-        return undecided[:0], 0
-    if budget >= len(undecided):
-        return undecided, n
-    chosen = undecided[:budget]
-    return chosen, int(chosen[-1]) + 1
-
-
-class _Certification:
-    """The state of one run's certification: the model, the test data, the records so far."""
-
-    def __init__(self, run: RunDir, settings: CertifySettings, device: torch.device, log: Callable[[str], None]):
-        from harness.data import load_split
-
-        self.run, self.settings, self.device, self.log = run, settings, device, log
-        self.cfg = run.read_config()
-        self.model = load_model(run, device)
-        x, y = load_split(self.cfg.dataset, "test")
-        self.n = n = min(settings.n_test, len(x))
-        self.x, self.y = x[:n], y[:n]
-        self.eps = self.cfg.eps
-        self.rows: dict[str, np.ndarray] = {"index": np.arange(n), "label": self.y.numpy()}
-        self.times: dict[str, float] = {}
-        self.covered: dict[str, int] = {}
-        self.batches = AdaptiveBatches(device, log)
-        self.arch_key = (self.cfg.arch, self.cfg.width, tuple(self.x.shape[1:]))
-
-    def on_device(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[idx].to(self.device), self.y[idx].to(self.device)
-
-    def timed(self, stage: str, idx: np.ndarray, size: int, fn: Callable[[np.ndarray], None]) -> None:
-        t = time.perf_counter()
-        self.batches.run((stage,) + self.arch_key, idx, size, fn)
-        self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - t
-
-    # -- stages -------------------------------------------------------------------------------------
-    def clean(self) -> None:
-        pred = np.empty(self.n, dtype=np.int64)
-
-        def fn(j):
-            with torch.no_grad():
-                pred[j] = self.model(self.on_device(j)[0]).argmax(1).cpu().numpy()
-        self.timed("clean", np.arange(self.n), self.settings.batch_size, fn)
-        self.rows["clean_pred"] = pred
-        self.correct = pred == self.rows["label"]
-
-    def pgd(self) -> None:
-        # The attack runs on every correctly classified sample (a misclassified one is never robust),
-        # certified ones included, so that "certified but broken" can be caught.
-        robust = np.zeros(self.n, dtype=bool)
-        noise = SampleNoise(derived_seed(self.run.path.name, "pgd"), self.x.shape[1:])
-
-        def fn(j):
-            xb, yb = self.on_device(j)
-            robust[j] = pgd_robust(self.model, xb, yb, self.eps, steps=self.settings.pgd_steps,
-                                   restarts=self.settings.pgd_restarts, start_noise=noise.starts(j)).cpu().numpy()
-        self.timed("pgd", np.flatnonzero(self.correct), self.settings.batch_size, fn)
-        self.rows["pgd_robust"] = robust
-        self.broken = ~robust
-
-    def certifier(self, name: str, idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        verdict, margin = np.full(self.n, np.nan), np.full(self.n, np.nan)
-
-        def fn(j):
-            xb, yb = self.on_device(j)
-            v = certify_batch(self.model, xb, yb, self.eps, name, alpha_iterations=self.settings.alpha_iterations,
-                              alpha_lr=self.settings.alpha_lr)
-            verdict[j], margin[j] = v.certified.cpu().numpy(), v.min_margin.cpu().numpy()
-        self.timed(name, idx, size, fn)
-        self.rows[col(name)], self.rows[margin_col(name)] = verdict, margin
-        return verdict, margin
-
-    def full_certifiers(self) -> None:
-        everything = np.arange(self.n)
-        for name in ("ibp", "lirpa-ibp", "crown-ibp"):
-            self.certifier(name, everything, self.settings.batch_size)
-        # cumulative cascade: crown-ibp's column includes IBP's verdicts
-        self.certified = (self.rows[col("ibp")] == 1) | (self.rows[col("crown-ibp")] == 1)
-        self.rows[col("crown-ibp")] = self.certified.astype(float)
-
-    def undecided(self) -> np.ndarray:
-        return np.flatnonzero(self.correct & ~self.broken & ~self.certified)
-
-    def budgeted_certifier(self, name: str, budget: int) -> None:
-        idx, covered = budgeted(self.undecided(), budget, self.n)
-        self.covered[covered_key(name)] = covered
-        verdict, _ = self.certifier(name, idx, self.settings.crown_batch_size)
-        cumulative = np.full(self.n, np.nan)
-        cumulative[:covered] = self.certified[:covered] | (verdict[:covered] == 1)
-        self.rows[col(name)] = cumulative
-        self.certified = self.certified | (verdict == 1)
-        if budget > 0:
-            self.log(f"  {name}: {len(idx)} undecided sample(s) bounded, covering the first {covered}; "
-                     f"{self.times.get(name, 0.0):.1f}s")
-
-    def eps_sweep(self) -> list[dict]:
-        sweep = []
-        m = min(self.settings.n_sweep, self.n)
-        for frac in self.settings.eps_sweep:
-            t0 = time.perf_counter()
-            cert = np.zeros(m, dtype=bool)
-
-            def fn(j, frac=frac):
-                xb, yb = self.on_device(j)
-                cert[j] = certify_batch(self.model, xb, yb, self.eps * frac, "ibp").certified.cpu().numpy()
-            self.batches.run(("eps-sweep",) + self.arch_key, np.arange(m), self.settings.batch_size, fn)
-            sweep.append({"eps": self.eps * frac, "fraction": frac, "n": m, "cert_ibp": 100 * int(cert.sum()) / max(m, 1),
-                          "time_s": time.perf_counter() - t0})
-        return sweep
 
 
 def certify_run(run: RunDir, settings: CertifySettings, *, device: str = "auto", log=print,
@@ -216,21 +91,52 @@ def certify_run(run: RunDir, settings: CertifySettings, *, device: str = "auto",
     dev = resolve_device(device)
     reset_peak_memory(dev)
     with exact_arithmetic(dev):
-        c = _Certification(run, settings, dev, log)
-        c.clean()
-        c.pgd()
-        c.full_certifiers()
-        c.budgeted_certifier("crown", settings.crown_samples)
-        c.budgeted_certifier("alpha-crown", settings.alpha_crown_samples)
-        df = pd.DataFrame(c.rows)
+        c = Cascade(run, settings, dev, log)
+        if force:
+            c.drop_partial()
+        c.run_all()
+        df = c.records()
         check_invariants(df, where=f"run {run.path.name}")
-        sweep = c.eps_sweep()
+        sweep = eps_sweep(c)
     atomic_write_text(out_csv, df.to_csv(index=False))
     meta = {"run_id": run.path.name, "settings": settings.to_dict(), "eps": c.eps, "n_test": c.n,
             "device": str(dev), "device_name": device_name(dev), "times_s": c.times, "eps_sweep": sweep,
-            **c.covered, "batch_sizes": c.batches.used, "peak_memory_gib": peak_memory_gib(dev)}
+            **c.covered, "batch_sizes": c.batches.used, "peak_memory_gib": peak_memory_gib(dev), **_counts(c)}
     write_json(out_json, meta)
+    c.drop_partial()
     return df
+
+
+def _counts(c: Cascade) -> dict:
+    stats = c.stats.get("complete", {"wall_clock_limited": 0, "seconds": []})
+    code = c.rows.get("complete_code", np.zeros(c.n, dtype=np.int64))
+    seconds = stats["seconds"]
+    return {"complete_counts": {"verified": int((code == 1).sum()), "counterexample": int((code == 2).sum()),
+                                "unknown": int((code == 3).sum()), "wall_clock_limited": stats["wall_clock_limited"],
+                                "median_s": float(np.median(seconds)) if seconds else None,
+                                "max_s": max(seconds) if seconds else None},
+            "alarm_samples": c.stats.get("alarm_samples", 0)}
+
+
+def eps_sweep(c: Cascade) -> list[dict]:
+    """Own-IBP certified accuracy of the model at fractions of its eps (the certified-vs-eps curve)."""
+    import time
+
+    from harness.bounds import certify as certify_batch
+
+    sweep = []
+    m = min(c.settings.n_sweep, c.n)
+    for frac in c.settings.eps_sweep:
+        t0 = time.perf_counter()
+        cert = np.zeros(m, dtype=bool)
+
+        def fn(j, frac=frac):
+            xb, yb = c.on_device(j)
+            cert[j] = certify_batch(c.model, xb, yb, c.eps * frac, "ibp").certified.cpu().numpy()
+        c.batches.run(("eps-sweep",) + c.arch_key, np.arange(m), c.settings.batch_size, fn)
+        sweep.append({"eps": c.eps * frac, "fraction": frac, "n": m, "cert_ibp": 100 * int(cert.sum()) / max(m, 1),
+                      "time_s": time.perf_counter() - t0})
+    return sweep
 
 
 def is_certified(run: RunDir, settings: CertifySettings) -> bool:
@@ -241,15 +147,35 @@ def is_certified(run: RunDir, settings: CertifySettings) -> bool:
     return json.loads(out_json.read_text()).get("settings") == settings.to_dict()
 
 
+def _final_prefix(df: pd.DataFrame) -> pd.Series:
+    """The samples the deepest stage that ran covered (its non-empty cells): where robustness is bounded."""
+    for c in ("complete", "alpha-crown", "crown"):
+        if col(c) in df and df[col(c)].notna().any():
+            return df[col(c)].notna()
+    return pd.Series(True, index=df.index)
+
+
 def summarize(df: pd.DataFrame) -> dict[str, float]:
     """Accuracies in percent; a certifier not run gives NaN, never 0.
 
-    A budgeted stage's accuracy is over the prefix it covered (its non-empty cells).
+    A budgeted stage's accuracy is over the prefix it covered (its non-empty cells). ``robust_lower``
+    (certified by any stage) and ``robust_upper`` (not broken by any attack or counterexample) bound
+    the true robust accuracy on the deepest stage's prefix; ``unknown`` is their gap (0: exact).
     """
     out = {"n_test": len(df), "clean_acc": 100 * float((df["clean_pred"] == df["label"]).mean()),
            "pgd_acc": 100 * float(df["pgd_robust"].astype(bool).mean())}
     for c in CERTIFIERS:
-        v = df[col(c)].dropna()
+        v = df[col(c)].dropna() if col(c) in df else pd.Series(dtype=float)
         out[col(c)] = 100 * float(v.astype(bool).mean()) if len(v) else float("nan")
+    aa = df["aa_robust"].dropna() if "aa_robust" in df else pd.Series(dtype=float)
+    out["aa_acc"] = 100 * float(aa.astype(bool).mean()) if len(aa) else float("nan")
+    prefix = _final_prefix(df)
+    deepest = next((c for c in ("complete", "alpha-crown", "crown", "crown-ibp")
+                    if col(c) in df and df.loc[prefix, col(c)].notna().all()), "crown-ibp")
+    lower = float((df.loc[prefix, col(deepest)] == 1).mean())
+    upper = float((~_broken(df) & (df["clean_pred"] == df["label"]))[prefix].mean())
+    verdicts = df["complete"].astype(str) if "complete" in df else pd.Series("", index=df.index)
+    out.update({"robust_lower": 100 * lower, "robust_upper": 100 * upper, "unknown": 100 * (upper - lower),
+                "n_robust": int(prefix.sum()), "counterexamples": int((verdicts == "counterexample").sum()),
+                "complete_unknown": int((verdicts == "unknown").sum())})
     return out
-

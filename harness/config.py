@@ -133,6 +133,12 @@ class CertifySettings:
     # (0: the stage does not run). See harness.certify.
     crown_samples: Count = 0
     alpha_crown_samples: Count = 0
+    autoattack_samples: Count = 0        # AutoAttack (standard version) on undecided samples
+    autoattack_certified_check: Count = 0  # certified samples attacked as a soundness alarm
+    autoattack_batch_size: AtLeastOne = 250
+    complete_samples: Count = 0          # complete verification (MILP, HiGHS) of undecided samples
+    complete_node_limit: AtLeastOne = 10000   # branch-and-bound nodes per sample (deterministic)
+    complete_time_limit_s: Positive = 60.0    # wall-clock safety cap per sample (machine-dependent when hit)
     pgd_steps: AttackSteps = 50
     pgd_restarts: AttackSteps = 2
     batch_size: AtLeastOne = 500

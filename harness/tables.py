@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.certify import CERTIFIERS, check_invariants, col, summarize
+from harness.certify import CERTIFIERS, check_invariants, col, covered_key, summarize
 from harness.config import BENCHMARKS, REPO, RUNS, Profile, load_profile
 from harness.rundir import RunDir, atomic_write_text
 
@@ -26,11 +26,17 @@ RESULTS = REPO / "results"
 PUBLISHED = BENCHMARKS / "published.csv"
 
 KEYS = ["profile", "dataset", "eps", "eps_label", "method", "variant", "arch", "seed"]
-ACC_COLUMNS = ["clean_acc", "pgd_acc"] + [col(c) for c in CERTIFIERS]
+ACC_COLUMNS = ["clean_acc", "pgd_acc", "aa_acc"] + [col(c) for c in CERTIFIERS] + [
+    "robust_lower", "robust_upper", "unknown"]
+#: How far each budgeted stage got: the test-set prefix it covered (certify.json's n_<stage>).
+COVERED = ("crown", "alpha-crown", "autoattack", "complete")
+#: Stages whose wall time the summary shows (certify.json's times_s).
+TIMED_STAGES = ("pgd", "crown", "alpha-crown", "autoattack", "complete")
 #: Columns of summary.csv that are measured wall times (the only ones two runs of the same code may differ in).
-TIME_COLUMNS = ("train_time_s", "teacher_time_s", "cert_time_s")
-SUMMARY_COLUMNS = KEYS + ["status", "n_test"] + ACC_COLUMNS + [
-    "n_crown", "n_alpha_crown", "epochs", "train_time_s", "teacher_time_s", "cert_time_s", "run_id"]
+TIME_COLUMNS = ("train_time_s", "teacher_time_s", "cert_time_s") + tuple(
+    f"time_{s.replace('-', '_')}_s" for s in TIMED_STAGES)
+SUMMARY_COLUMNS = KEYS + ["status", "n_test"] + ACC_COLUMNS + [covered_key(s) for s in COVERED] + [
+    "n_robust", "counterexamples", "complete_unknown", "epochs"] + list(TIME_COLUMNS) + ["run_id"]
 
 
 def dataset_unavailable(name: str) -> str | None:
@@ -62,13 +68,11 @@ def profile_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
             meta = json.loads(meta_path.read_text())
             manifest = run.read_manifest()
             row.update(summarize(df))
-            row.update({"status": "ok", "n_crown": meta.get("n_crown", 0), "n_alpha_crown": meta.get("n_alpha_crown", 0),
+            row.update({"status": "ok", **{covered_key(s): meta.get(covered_key(s), 0) for s in COVERED},
                         "train_time_s": manifest.get("train_time_s"),
                         "teacher_time_s": manifest.get("teacher_train_time_s"),
-                        "cert_time_s": sum(meta["times_s"].values())})
-            for c in ("crown", "alpha-crown"):
-                if row[f"n_{c.replace('-', '_')}"] == 0:
-                    row[col(c)] = float("nan")
+                        "cert_time_s": sum(meta["times_s"].values()),
+                        **{f"time_{s.replace('-', '_')}_s": meta["times_s"].get(s) for s in TIMED_STAGES}})
         else:
             if cfg.dataset not in missing:
                 missing[cfg.dataset] = dataset_unavailable(cfg.dataset)

@@ -1,0 +1,336 @@
+"""The certification cascade of one run: its stages, their state, and a checkpoint after each.
+
+    clean -> PGD -> IBP (own) + IBP (auto_LiRPA) -> CROWN-IBP            every test sample
+          -> CROWN -> alpha-CROWN -> AutoAttack -> complete (MILP)     undecided samples, within budgets
+          -> AutoAttack on certified samples                           the soundness alarm
+
+A sample is *decided* once it is misclassified, broken by an attack (a point a plain forward pass
+misclassifies), or certified; the later stages work only on the undecided ones. Each budgeted stage
+processes at most its budget of undecided samples, in index order, and covers the test-set prefix up
+to the last one it processed (see :func:`budgeted`). After every stage (and every few seconds inside
+the complete stage) the state is written to ``certify.partial.npz`` + ``.json``, so an interrupted
+certification resumes where it stopped with the same records as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from harness.attacks import pgd_robust
+from harness.batching import AdaptiveBatches
+from harness.bounds import certify as certify_batch
+from harness.config import CertifySettings
+from harness.randomness import SampleNoise, derived_seed
+from harness.rundir import RunDir, atomic_write_bytes, load_model, write_json
+
+#: The verdict columns of the cascade's certifiers, cheapest first (auto_LiRPA's IBP runs beside the own).
+CERTIFIERS = ("ibp", "lirpa-ibp", "crown-ibp", "crown", "alpha-crown", "complete")
+STAGES = ("clean", "pgd", "full", "crown", "alpha-crown", "autoattack", "complete", "alarm")
+#: The complete verifier's verdicts as stored (0: not run on this sample).
+COMPLETE_VERDICTS = ("", "verified", "counterexample", "unknown")
+PARTIAL_EVERY_S = 20.0
+
+
+def col(certifier: str) -> str:
+    """Verdict column of a certifier, e.g. ``cert_crown_ibp``."""
+    return "cert_" + certifier.replace("-", "_")
+
+
+def margin_col(certifier: str) -> str:
+    return "margin_" + certifier.replace("-", "_")
+
+
+def covered_key(stage: str) -> str:
+    """The ``certify.json`` / table key of the prefix a budgeted stage covered, e.g. ``n_alpha_crown``."""
+    return "n_" + stage.replace("-", "_")
+
+
+def budgeted(undecided: np.ndarray, budget: int, n: int) -> tuple[np.ndarray, int]:
+    """(the undecided indices a stage processes, the length of the test-set prefix it then covers)."""
+    if budget <= 0:
+        return undecided[:0], 0
+    if budget >= len(undecided):
+        return undecided, n
+    chosen = undecided[:budget]
+    return chosen, int(chosen[-1]) + 1
+
+
+class InvariantError(AssertionError):
+    """A property every sound evaluation must have does not hold: a bug in a bound or an attack."""
+
+
+class Cascade:
+    """One run's certification: the model, the test data, the records so far."""
+
+    def __init__(self, run: RunDir, settings: CertifySettings, device: torch.device, log: Callable[[str], None]):
+        from harness.data import load_split
+
+        self.run, self.settings, self.device, self.log = run, settings, device, log
+        self.cfg = run.read_config()
+        self.model = load_model(run, device)
+        x, y = load_split(self.cfg.dataset, "test")
+        self.n = n = min(settings.n_test, len(x))
+        self.x, self.y = x[:n], y[:n]
+        self.eps = self.cfg.eps
+        self.rows: dict[str, np.ndarray] = {"index": np.arange(n), "label": self.y.numpy()}
+        self.times: dict[str, float] = {}
+        self.covered: dict[str, int] = {}
+        self.stats: dict[str, object] = {}
+        self.done: list[str] = []
+        self.batches = AdaptiveBatches(device, log)
+        self.arch_key = (self.cfg.arch, self.cfg.width, tuple(self.x.shape[1:]))
+        self.partial = run.path / "certify.partial.npz"
+
+    # -- state ----------------------------------------------------------------------------------------
+    @property
+    def correct(self) -> np.ndarray:
+        return self.rows["clean_pred"] == self.rows["label"]
+
+    def broken(self) -> np.ndarray:
+        """Misclassified, or misclassified at a confirmed point of the ball (PGD, AutoAttack, the MILP)."""
+        out = ~self.rows["pgd_robust"].astype(bool)
+        if "aa_broken" in self.rows:
+            out = out | self.rows["aa_broken"]
+        if "complete_code" in self.rows:
+            out = out | (self.rows["complete_code"] == COMPLETE_VERDICTS.index("counterexample"))
+        return out
+
+    def certified(self) -> np.ndarray:
+        """Certified by any certifier that ran (their verdict columns are cumulative)."""
+        out = np.zeros(self.n, dtype=bool)
+        for c in CERTIFIERS:
+            if f"raw_{col(c)}" in self.rows:
+                out |= self.rows[f"raw_{col(c)}"] == 1
+        if "complete_code" in self.rows:
+            out |= self.rows["complete_code"] == COMPLETE_VERDICTS.index("verified")
+        return out
+
+    def undecided(self) -> np.ndarray:
+        return np.flatnonzero(self.correct & ~self.broken() & ~self.certified())
+
+    def on_device(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[idx].to(self.device), self.y[idx].to(self.device)
+
+    def timed(self, stage: str, idx: np.ndarray, size: int, fn: Callable[[np.ndarray], None]) -> None:
+        t = time.perf_counter()
+        self.batches.run((stage,) + self.arch_key, idx, size, fn)
+        self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - t
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def save_partial(self) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **self.rows)
+        atomic_write_bytes(self.partial, buf.getvalue())
+        write_json(self.partial.with_suffix(".json"), {
+            "settings": self.settings.to_dict(), "done": self.done, "times_s": self.times, "covered": self.covered,
+            "stats": self.stats, "batch_sizes": self.batches.used})
+
+    def restore_partial(self) -> bool:
+        """Load the state of an interrupted certification made with the same settings."""
+        meta_path = self.partial.with_suffix(".json")
+        if not (self.partial.exists() and meta_path.exists()):
+            return False
+        meta = json.loads(meta_path.read_text())
+        if meta.get("settings") != self.settings.to_dict():
+            return False
+        with np.load(self.partial, allow_pickle=False) as data:
+            self.rows = {k: data[k] for k in data.files}
+        self.done, self.times, self.covered = meta["done"], meta["times_s"], meta["covered"]
+        self.stats, self.batches.used = meta["stats"], meta["batch_sizes"]
+        self.log(f"  resuming the certification of {self.run.path.name} after {', '.join(self.done) or 'nothing'}")
+        return True
+
+    def drop_partial(self) -> None:
+        self.partial.unlink(missing_ok=True)
+        self.partial.with_suffix(".json").unlink(missing_ok=True)
+
+    def run_all(self) -> None:
+        steps = {"clean": self.clean, "pgd": self.pgd, "full": self.full_certifiers,
+                 "crown": lambda: self.budgeted_certifier("crown", self.settings.crown_samples),
+                 "alpha-crown": lambda: self.budgeted_certifier("alpha-crown", self.settings.alpha_crown_samples),
+                 "autoattack": self.autoattack, "complete": self.complete, "alarm": self.alarm}
+        self.restore_partial()
+        for stage in STAGES:
+            if stage in self.done:
+                continue
+            steps[stage]()
+            self.done.append(stage)
+            self.save_partial()
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def clean(self) -> None:
+        pred = np.empty(self.n, dtype=np.int64)
+
+        def fn(j):
+            with torch.no_grad():
+                pred[j] = self.model(self.on_device(j)[0]).argmax(1).cpu().numpy()
+        self.timed("clean", np.arange(self.n), self.settings.batch_size, fn)
+        self.rows["clean_pred"] = pred
+
+    def pgd(self) -> None:
+        # The attack runs on every correctly classified sample (a misclassified one is never robust),
+        # certified ones included, so that "certified but broken" can be caught.
+        robust = np.zeros(self.n, dtype=bool)
+        noise = SampleNoise(derived_seed(self.run.path.name, "pgd"), self.x.shape[1:])
+
+        def fn(j):
+            xb, yb = self.on_device(j)
+            robust[j] = pgd_robust(self.model, xb, yb, self.eps, steps=self.settings.pgd_steps,
+                                   restarts=self.settings.pgd_restarts, start_noise=noise.starts(j)).cpu().numpy()
+        self.timed("pgd", np.flatnonzero(self.correct), self.settings.batch_size, fn)
+        self.rows["pgd_robust"] = robust
+
+    def certifier(self, name: str, idx: np.ndarray, size: int) -> np.ndarray:
+        """Run one bound method on ``idx``; stores its raw verdicts and margins, returns the verdicts."""
+        verdict, margin = np.full(self.n, np.nan), np.full(self.n, np.nan)
+
+        def fn(j):
+            xb, yb = self.on_device(j)
+            v = certify_batch(self.model, xb, yb, self.eps, name, alpha_iterations=self.settings.alpha_iterations,
+                              alpha_lr=self.settings.alpha_lr)
+            verdict[j], margin[j] = v.certified.cpu().numpy(), v.min_margin.cpu().numpy()
+        self.timed(name, idx, size, fn)
+        self.rows[f"raw_{col(name)}"], self.rows[margin_col(name)] = verdict, margin
+        return verdict
+
+    def full_certifiers(self) -> None:
+        everything = np.arange(self.n)
+        for name in ("ibp", "lirpa-ibp", "crown-ibp"):
+            self.certifier(name, everything, self.settings.batch_size)
+
+    def budgeted_certifier(self, name: str, budget: int) -> None:
+        idx, covered = budgeted(self.undecided(), budget, self.n)
+        self.covered[covered_key(name)] = covered
+        self.certifier(name, idx, self.settings.crown_batch_size)
+        if budget > 0:
+            self.log(f"  {name}: {len(idx)} undecided sample(s) bounded, covering the first {covered}; "
+                     f"{self.times.get(name, 0.0):.1f}s")
+
+    def autoattack(self) -> None:
+        """AutoAttack (standard) on undecided samples within its budget; every break is confirmed."""
+        idx, covered = budgeted(self.undecided(), self.settings.autoattack_samples, self.n)
+        self.covered[covered_key("autoattack")] = covered
+        broken = np.zeros(self.n, dtype=bool)
+        size = self.settings.autoattack_batch_size
+        self.rows["aa_broken"] = broken
+        if not len(idx):
+            return
+        from harness.attacks.autoattack import autoattack
+
+        def fn(j):
+            xb, yb = self.on_device(j)
+            # seeded by the chunk's first sample: the result depends on the run and the chunking only
+            r = autoattack(self.model, xb, yb, self.eps, seed=derived_seed(self.run.path.name, "autoattack", j[0]),
+                           batch_size=len(j))
+            broken[j] = ~r.robust.cpu().numpy()
+        self.timed("autoattack", idx, size, fn)
+        self.log(f"  autoattack: {int(broken.sum())} of {len(idx)} undecided sample(s) broken, covering the "
+                     f"first {covered}; {self.times['autoattack']:.1f}s")
+
+    def complete(self) -> None:
+        """The MILP of :mod:`harness.bounds.complete` on undecided samples within its budget (on the CPU)."""
+        s = self.settings
+        if "complete_code" not in self.rows:
+            self.rows["complete_code"] = np.zeros(self.n, dtype=np.int64)
+            self.rows[margin_col("complete")] = np.full(self.n, np.nan)
+            idx, covered = budgeted(self.undecided(), s.complete_samples, self.n)
+            self.rows["complete_todo"] = idx
+            self.covered[covered_key("complete")] = covered
+            self.stats["complete"] = {"wall_clock_limited": 0, "seconds": []}
+        todo = [int(i) for i in self.rows["complete_todo"] if self.rows["complete_code"][i] == 0]
+        if not todo:
+            return
+        from harness.bounds.complete import verify_sample
+        from harness.bounds.ibp import ibp_bounds
+        from harness.bounds.lirpa import lirpa_margin_bounds, lirpa_relu_bounds
+        from harness.bounds.milp import MILPNetwork, intersect_relu_bounds
+        from harness.bounds.spec import input_box, spec_matrix
+
+        model = copy.deepcopy(self.model).cpu().float().eval()
+        net = MILPNetwork.from_model(model, tuple(self.x.shape[1:]))
+        code, margin = self.rows["complete_code"], self.rows[margin_col("complete")]
+        stats = self.stats["complete"]
+        t0 = last_save = time.perf_counter()
+        for i in todo:
+            t = time.perf_counter()
+            x, y = self.x[i:i + 1], self.y[i:i + 1]
+            lo, hi = input_box(x, self.eps)
+            with torch.no_grad():
+                own = ibp_bounds(model, lo, hi, spec_matrix(y, net.num_classes)).preact
+            crown = lirpa_relu_bounds(model, x, y, self.eps, "crown")
+            known = torch.maximum(lirpa_margin_bounds(model, x, y, self.eps, "crown"),
+                                  lirpa_margin_bounds(model, x, y, self.eps, "crown-ibp"))
+            r = verify_sample(net, model, x[0], int(y), self.eps, intersect_relu_bounds(own, crown),
+                              margin_lower=known[0], node_limit=s.complete_node_limit,
+                              time_limit_s=s.complete_time_limit_s, threads=1)
+            code[i] = COMPLETE_VERDICTS.index(r.verdict)
+            margin[i] = r.min_lower_bound
+            stats["wall_clock_limited"] += int(r.wall_clock_limited)
+            stats["seconds"].append(round(time.perf_counter() - t, 3))
+            if time.perf_counter() - last_save > PARTIAL_EVERY_S:
+                self.times["complete"] = self.times.get("complete", 0.0) + time.perf_counter() - last_save
+                self.save_partial()
+                last_save = time.perf_counter()
+        self.times["complete"] = self.times.get("complete", 0.0) + time.perf_counter() - last_save
+        done = self.rows["complete_todo"]
+        verdicts = {v: int((code[done] == k).sum()) for k, v in enumerate(COMPLETE_VERDICTS) if v}
+        self.log(f"  complete: {len(done)} undecided sample(s): {verdicts}, covering the first "
+                 f"{self.covered[covered_key('complete')]}; {time.perf_counter() - t0:.1f}s")
+
+    def alarm(self) -> None:
+        """AutoAttack on the first certified samples: a break means a bound (or the attack) is wrong."""
+        certified = np.flatnonzero(self.certified() & self.correct)[:self.settings.autoattack_certified_check]
+        self.stats["alarm_samples"] = int(len(certified))
+        broken = np.zeros(self.n, dtype=bool)
+        if not len(certified):
+            return
+        from harness.attacks.autoattack import autoattack
+
+        def fn(j):
+            xb, yb = self.on_device(j)
+            r = autoattack(self.model, xb, yb, self.eps, seed=derived_seed(self.run.path.name, "alarm", j[0]),
+                           batch_size=len(j))
+            broken[j] = ~r.robust.cpu().numpy()
+        self.timed("alarm", certified, self.settings.autoattack_batch_size, fn)
+        if broken.any():
+            raise InvariantError(f"run {self.run.path.name}: AutoAttack breaks certified sample(s) "
+                                 f"{np.flatnonzero(broken)[:5].tolist()}: a bound or the attack is wrong")
+
+    # -- records --------------------------------------------------------------------------------------
+    def records(self):
+        """The per-sample table: cumulative verdict columns, NaN outside what each stage covered."""
+        import pandas as pd
+
+        r = self.rows
+        out = {k: r[k] for k in ("index", "label", "clean_pred", "pgd_robust")}
+        cumulative = np.zeros(self.n, dtype=bool)
+        for c in CERTIFIERS:
+            if c == "complete":
+                raw = np.where(r.get("complete_code", np.zeros(self.n)) == 1, 1.0, np.nan)
+            else:
+                raw = r.get(f"raw_{col(c)}", np.full(self.n, np.nan))
+            covered = self.covered.get(covered_key(c), self.n) if c not in ("ibp", "lirpa-ibp", "crown-ibp") \
+                else self.n
+            if c == "lirpa-ibp":  # not in the cascade: checked against the own IBP instead
+                out[col(c)] = raw
+                out[margin_col(c)] = r[margin_col(c)]
+                continue
+            cumulative = cumulative | (raw == 1)
+            column = np.full(self.n, np.nan)
+            column[:covered] = cumulative[:covered]
+            out[col(c)] = column
+            out[margin_col(c)] = r.get(margin_col(c), np.full(self.n, np.nan))
+        aa_cov = self.covered.get(covered_key("autoattack"), 0)
+        aa = np.full(self.n, np.nan)
+        aa[:aa_cov] = (r["pgd_robust"].astype(bool) & ~r.get("aa_broken", np.zeros(self.n, bool)))[:aa_cov]
+        out["aa_robust"] = aa
+        code = r.get("complete_code", np.zeros(self.n, dtype=np.int64))
+        out["complete"] = [COMPLETE_VERDICTS[k] for k in code]
+        return pd.DataFrame(out)
