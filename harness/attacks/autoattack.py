@@ -105,8 +105,9 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, eps: float, seed: int, batch
     eps = float(eps)
     if not 0.0 <= eps < float("inf"):  # also rejects NaN
         raise ValueError(f"eps must be a finite number >= 0 (l_inf radius in [0, 1] pixel space), got {eps}")
-    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float64) or x.dim() < 2:
-        raise ValueError("x must be a float32 or float64 tensor of shape (N, ...), got "
+    # Square attack samples square patches of images: (N, C, H, W) only.
+    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
+        raise ValueError("x must be a float32 or float64 batch of images of shape (N, C, H, W), got "
                          f"{type(x).__name__} {getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}")
     if not isinstance(y, torch.Tensor) or y.dtype != torch.long or y.shape != x.shape[:1]:
         raise ValueError(f"y must be an int64 tensor of shape ({x.shape[0]},) (one label per sample), got "

@@ -174,7 +174,7 @@ class _Pair(_Softmax):
     ("eps<0", "eps must be"), ("eps=nan", "eps must be"), ("x>1", r"inputs must lie in \[0, 1\]"),
     ("x<0", r"inputs must lie in \[0, 1\]"), ("softmax", "look like probabilities"), ("tuple", "logits of shape"),
     ("3 classes", "at least 10 classes"), ("labels", "y must be"), ("version", "unknown AutoAttack version"),
-    ("seed", "seed must be an int"), ("batch_size", "batch_size must be"),
+    ("seed", "seed must be an int"), ("batch_size", "batch_size must be"), ("flat", "batch of images"),
 ])
 def test_bad_input_is_refused_with_a_clear_error(mnist, standard_model, case, error):
     x, y = _test_points(mnist, 4)
@@ -201,6 +201,8 @@ def test_bad_input_is_refused_with_a_clear_error(mnist, standard_model, case, er
         kwargs["seed"] = None
     elif case == "batch_size":
         kwargs["batch_size"] = 0
+    elif case == "flat":
+        x = x.flatten(1)
     with pytest.raises((ValueError, TypeError), match=error):
         autoattack(model, x, y, eps, **kwargs)
 
