@@ -55,8 +55,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--batch-size", type=int, default=250, help="AutoAttack batch size")
     args = p.parse_args(argv)
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        _rows(args)
+    finally:
+        torch.set_num_threads(threads)  # called in-process (tests), the thread count is left as found
+
+
+def _rows(args: argparse.Namespace) -> None:
     print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()}", flush=True)
     (x, y), (xt, yt) = data.load_split("mnist", "train"), data.load_split("mnist", "test")
     xt, yt = xt[:args.n], yt[:args.n]

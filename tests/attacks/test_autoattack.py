@@ -16,8 +16,23 @@ from harness.models import build_model
 STANDARD_STAGES = ["apgd-ce", "apgd-t", "fab-t", "square"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for this module's training and attacks.
+
+    The attacks run on batches of a few dozen 28x28 images, where a second thread gains little; on a
+    shared 2-core machine under load, OpenMP's waiting threads made two threads 10-30x slower than one
+    (fwd+bwd of the small CNN at batch 18: 63 ms against 2 ms). One thread also makes the trained
+    models, and so the samples each test sees survive, the same on machines with more cores.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def mnist():
+def mnist(one_thread):
     data.ensure_dataset("mnist")  # a no-op after `make data`
     return data.load_split("mnist", "train"), data.load_split("mnist", "test")
 
