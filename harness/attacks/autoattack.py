@@ -1,7 +1,7 @@
 """AutoAttack (Croce & Hein, ICML 2020, https://arxiv.org/abs/2003.01690), the attack of record.
 
 The attacks are the original implementation, from the ``pyautoattack`` package (fra31/auto-attack's
-attack code, unchanged; see requirements/no-deps.txt for why this package). The standard version
+attack code, unchanged; requirements/base.txt says why this package). The standard version
 runs, on the samples still unbroken after each one: APGD-CE (100 iterations), APGD-T (targeted DLR
 loss, the 9 most likely other classes, 100 iterations each), FAB-T (9 target classes, 100
 iterations each) and Square (5000 queries), all with l_inf radius eps in [0, 1] pixel space.
@@ -9,8 +9,10 @@ iterations each) and Square (5000 queries), all with l_inf radius eps in [0, 1] 
 What this module adds around the library:
 
 - every sample the library reports broken is checked by the project
-  (:func:`harness.attacks.confirm.confirm_broken`) after clipping the point into the threat model;
-  an unconfirmed one counts as not broken and goes on to the next attack;
+  (:func:`harness.attacks.confirm.confirm_broken`) after clipping the point into the threat model
+  (APGD clamps to x -+ eps rounded to nearest in float32, so nearly every point it returns lies a
+  rounding outside the exact ball); an unconfirmed one counts as not broken and goes on to the next
+  attack;
 - the library seeds torch's global generator itself, so it runs inside ``torch.random.fork_rng``
   with the seed set from ``seed``: the result depends only on (model, x, y, eps, seed, batch_size)
   and the caller's random state is left as it was;
