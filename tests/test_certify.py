@@ -13,7 +13,7 @@ import torch
 
 from harness import certify as certify_module
 from harness.batching import AdaptiveBatches, forget_known_sizes
-from harness.certify import budgeted, certify_run
+from harness.certify import budgeted, certify_run, summarize
 from harness.config import load_profile
 from harness.jobs import set_threads
 from harness.rundir import RunDir
@@ -103,3 +103,54 @@ def test_a_budget_covers_the_prefix_up_to_its_last_sample():
     assert idx.tolist() == [3, 8, 9, 15] and covered == 20
     idx, covered = budgeted(undecided, 0, 20)
     assert idx.tolist() == [] and covered == 0
+
+
+@pytest.fixture(scope="module")
+def mlp_run(tmp_path_factory):
+    """A small MLP trained briefly with MTL-IBP on real MNIST: cheap enough for AutoAttack and the MILP."""
+    from harness.config import RunConfig
+    from harness.train import train
+
+    cfg = RunConfig.from_dict({"dataset": "mnist", "eps": 0.05, "method": "mtl_ibp", "arch": "mlp", "width": 24,
+                               "epochs": 1, "batch_size": 64, "train_subset": 1024, "val_size": 100,
+                               "val_pgd_steps": 2, "eps_ramp_length": 0.5, "init": "ibp", "params": {"alpha": 0.5}})
+    root = tmp_path_factory.mktemp("mlp")
+    previous = set_threads(1)
+    try:
+        train(cfg, device="cpu", runs_root=root, log=lambda *_: None)
+    finally:
+        set_threads(previous)
+    return RunDir.of(cfg, root)
+
+
+def test_autoattack_complete_and_alarm_stages_decide_undecided_samples(mlp_run, tmp_path):
+    from harness.config import CertifySettings
+
+    settings = CertifySettings(n_test=120, crown_samples=200, alpha_crown_samples=10, alpha_iterations=5,
+                               pgd_steps=10, pgd_restarts=1, batch_size=120, crown_batch_size=20,
+                               autoattack_samples=6, autoattack_certified_check=3, autoattack_batch_size=50,
+                               complete_samples=200, complete_time_limit_s=60.0)
+    previous = set_threads(1)
+    try:
+        df = certify_run(mlp_run, settings, device="cpu", log=lambda *_: None)
+    finally:
+        set_threads(previous)
+    import json
+
+    meta = json.loads((mlp_run.path / "certify.json").read_text())
+    assert meta["n_autoattack"] > 0 and meta["n_complete"] == 120 and meta["alarm_samples"] > 0
+    counts = meta["complete_counts"]
+    ran = df["complete"].fillna("").astype(str)
+    assert counts["verified"] == (ran == "verified").sum() and counts["unknown"] == (ran == "unknown").sum()
+    assert counts["verified"] + counts["counterexample"] > 0
+    # the cumulative column includes every cheaper certifier and the MILP's verified samples
+    assert ((df["cert_complete"] == 1) == ((df["cert_alpha_crown"] == 1) | (ran == "verified"))).all()
+    # a counterexample is a sample no certifier certified and no cheaper attack broke
+    cex = ran == "counterexample"
+    assert not (df.loc[cex, "cert_alpha_crown"] == 1).any() and df.loc[cex, "pgd_robust"].all()
+    s = summarize(df)
+    assert s["robust_lower"] == pytest.approx(100 * (df["cert_complete"] == 1).mean())
+    assert s["robust_upper"] - s["robust_lower"] == pytest.approx(s["unknown"])
+    assert s["unknown"] == pytest.approx(100 * counts["unknown"] / 120)
+    assert s["aa_acc"] <= s["pgd_acc"] + 1e-9
+    assert not (mlp_run.path / "certify.partial.npz").exists()

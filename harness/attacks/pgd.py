@@ -110,12 +110,18 @@ def pgd_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
                ) -> torch.Tensor:
     """Evaluation attack: True where no point found by margin-loss PGD is misclassified.
 
-    The clean point counts too, so a misclassified sample is never robust.
+    The clean point counts too, so a misclassified sample is never robust. A sample counts as broken
+    only at a point of the exact threat model B(x, eps) ∩ [0, 1]: the attack's box ends are rounded
+    to the nearest float, up to one unit outside the exact ball, so its points are clipped into it
+    and checked (:mod:`harness.attacks.confirm`) before a plain forward pass decides.
     """
+    from harness.attacks.confirm import clip_to_threat_model, confirm_broken
+
     with eval_mode(model):
         robust = model(x).argmax(1) == y
         if eps > 0:
             x_adv = pgd_attack(model, x, y, eps, steps=steps, restarts=restarts, step_size=step_size, loss="margin",
                                start_noise=start_noise)
-            robust &= model(x_adv).argmax(1) == y
+            point = clip_to_threat_model(x_adv, x, eps)
+            robust &= ~confirm_broken(model, x, y, point, eps, batch_size=max(len(x), 1))
     return robust

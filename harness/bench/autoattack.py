@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from harness import data
-from harness.attacks import autoattack, pgd_attack, pgd_robust
+from harness.attacks import pgd_attack, pgd_robust
+from harness.attacks.autoattack import autoattack
 from harness.models import build_model
 
 

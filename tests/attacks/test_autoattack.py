@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from harness import data
-from harness.attacks import autoattack, in_threat_model, pgd_attack, pgd_robust
+from harness.attacks import in_threat_model, pgd_attack, pgd_robust
+from harness.attacks.autoattack import autoattack
 from harness.attacks.autoattack import configured_autoattack
 from harness.models import build_model
 

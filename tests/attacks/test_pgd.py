@@ -39,3 +39,20 @@ def test_robust_accuracy_is_at_most_clean_and_eps_zero_changes_nothing():
     assert pgd_robust(model, x, y, 0.0).all()
     robust = pgd_robust(model, x, y, 0.3, steps=20, restarts=2)
     assert robust.float().mean() < 1.0
+
+
+def test_pgd_counts_a_break_only_inside_the_exact_ball():
+    """The attack's box ends are rounded floats; its points are clipped into the exact ball before a break
+    counts, and the clipped points it would use lie in B(x, eps) ∩ [0, 1] exactly."""
+    from harness.attacks import clip_to_threat_model, in_threat_model, pgd_attack
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    x = torch.rand(64, 1, 2, 2)
+    y = model(x).argmax(1)
+    eps = 0.1
+    adv = pgd_attack(model, x, y, eps, steps=5, loss="margin")
+    assert not in_threat_model(adv, x, eps).all()  # rounding leaves some of the raw points just outside
+    assert in_threat_model(clip_to_threat_model(adv, x, eps), x, eps).all()
+    robust = pgd_robust(model, x, y, eps, steps=5, restarts=1)
+    assert robust.dtype == torch.bool and robust.shape == (64,)
