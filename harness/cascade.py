@@ -267,9 +267,16 @@ class Cascade:
             crown = lirpa_relu_bounds(model, x, y, self.eps, "crown")
             known = torch.maximum(lirpa_margin_bounds(model, x, y, self.eps, "crown"),
                                   lirpa_margin_bounds(model, x, y, self.eps, "crown-ibp"))
-            r = verify_sample(net, model, x[0], int(y), self.eps, intersect_relu_bounds(own, crown),
-                              margin_lower=known[0], node_limit=s.complete_node_limit,
-                              time_limit_s=s.complete_time_limit_s, threads=1)
+            bounds = intersect_relu_bounds(own, crown)
+            unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in bounds)
+            stats.setdefault("unstable", []).append(unstable)
+            if s.complete_max_unstable and unstable > s.complete_max_unstable:
+                # deterministic, unlike the wall-clock cap: such programs rarely finish within it
+                code[i] = COMPLETE_VERDICTS.index("unknown")
+                stats["too_many_unstable"] = stats.get("too_many_unstable", 0) + 1
+                continue
+            r = verify_sample(net, model, x[0], int(y), self.eps, bounds, margin_lower=known[0],
+                              node_limit=s.complete_node_limit, time_limit_s=s.complete_time_limit_s, threads=1)
             code[i] = COMPLETE_VERDICTS.index(r.verdict)
             margin[i] = r.min_lower_bound
             stats["wall_clock_limited"] += int(r.wall_clock_limited)

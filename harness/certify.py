@@ -113,6 +113,8 @@ def _counts(c: Cascade) -> dict:
     seconds = stats["seconds"]
     return {"complete_counts": {"verified": int((code == 1).sum()), "counterexample": int((code == 2).sum()),
                                 "unknown": int((code == 3).sum()), "wall_clock_limited": stats["wall_clock_limited"],
+                                "too_many_unstable": stats.get("too_many_unstable", 0),
+                                "median_unstable": float(np.median(stats["unstable"])) if stats.get("unstable") else None,
                                 "median_s": float(np.median(seconds)) if seconds else None,
                                 "max_s": max(seconds) if seconds else None},
             "alarm_samples": c.stats.get("alarm_samples", 0)}
@@ -178,4 +180,36 @@ def summarize(df: pd.DataFrame) -> dict[str, float]:
     out.update({"robust_lower": 100 * lower, "robust_upper": 100 * upper, "unknown": 100 * (upper - lower),
                 "n_robust": int(prefix.sum()), "counterexamples": int((verdicts == "counterexample").sum()),
                 "complete_unknown": int((verdicts == "unknown").sum())})
+    return out
+
+
+#: The stages of the gap figure: after each, the best certificate and the best attack so far.
+GAP_STAGES = ("ibp", "crown-ibp", "crown", "alpha-crown", "autoattack", "complete")
+
+
+def stage_gaps(df: pd.DataFrame) -> dict[str, float]:
+    """Percentage points between the best attack's and the best certificate's robust accuracy after
+    each stage, on the deepest stage's prefix (so every stage is measured on the same samples).
+
+    How much each certifier (and AutoAttack, and the MILP's counterexamples) closes the gap between the
+    upper bound of an attack and the lower bound of a certificate; 0 after the last stage: exact.
+    """
+    prefix = _final_prefix(df)
+    d = df[prefix]
+    correct = d["clean_pred"] == d["label"]
+    upper = correct & d["pgd_robust"].astype(bool)
+    certified = pd.Series(False, index=d.index)
+    out = {}
+    for stage in GAP_STAGES:
+        if stage == "autoattack":
+            if "aa_robust" in d and d["aa_robust"].notna().all():
+                upper = upper & (d["aa_robust"] == 1)
+        elif stage == "complete":
+            if "complete" in d:
+                upper = upper & (d["complete"].astype(str) != "counterexample")
+            if col(stage) in d and d[col(stage)].notna().all():
+                certified = certified | (d[col(stage)] == 1)
+        elif col(stage) in d and d[col(stage)].notna().all():
+            certified = certified | (d[col(stage)] == 1)
+        out[stage] = 100 * float((upper & ~certified).mean())
     return out

@@ -139,6 +139,7 @@ class CertifySettings:
     complete_samples: Count = 0          # complete verification (MILP, HiGHS) of undecided samples
     complete_node_limit: AtLeastOne = 10000   # branch-and-bound nodes per sample (deterministic)
     complete_time_limit_s: Positive = 60.0    # wall-clock safety cap per sample (machine-dependent when hit)
+    complete_max_unstable: Count = 0     # skip (as unknown) a sample with more unstable ReLUs than this (0: none)
     pgd_steps: AttackSteps = 50
     pgd_restarts: AttackSteps = 2
     batch_size: AtLeastOne = 500

@@ -33,8 +33,10 @@ from harness.config import REPO, CertifySettings, Profile, load_profile
 
 SLICE_CERTIFY = CertifySettings(n_test=1000, crown_samples=8, alpha_crown_samples=4, pgd_steps=50, pgd_restarts=1,
                                 batch_size=500, crown_batch_size=8, alpha_iterations=20)
-TINY_CERTIFY = CertifySettings(n_test=100, crown_samples=4, alpha_crown_samples=2, pgd_steps=10, pgd_restarts=1,
-                               batch_size=100, crown_batch_size=4, alpha_iterations=5)
+TINY_CERTIFY = CertifySettings(n_test=60, crown_samples=3, alpha_crown_samples=2, pgd_steps=5, pgd_restarts=1,
+                               batch_size=60, crown_batch_size=3, alpha_iterations=3)
+#: The tiny model of ``--tiny``: an MLP, so that the script's every stage runs in a minute on a CPU.
+TINY_ARCH = ("mlp", 32)
 
 
 def slice_profile(epochs: int, tiny: bool) -> Profile:
@@ -43,7 +45,8 @@ def slice_profile(epochs: int, tiny: bool) -> Profile:
     setting = paper.settings[0]
     run = {**setting.run, "epochs": epochs}
     if tiny:
-        run.update({"arch": "cnn_small", "train_subset": 512, "val_size": 200, "batch_size": 64, "val_pgd_steps": 2})
+        run.update({"arch": TINY_ARCH[0], "width": TINY_ARCH[1], "train_subset": 512, "val_size": 100,
+                    "batch_size": 64, "val_pgd_steps": 2})
     return replace(paper, name="gpucheck", description=f"paper profile, MNIST 0.1, {epochs} epochs, seed 0"
                    + (" (tiny)" if tiny else ""), seeds=(0,), settings=(replace(setting, run=run),),
                    certify=TINY_CERTIFY if tiny else SLICE_CERTIFY)
@@ -124,7 +127,7 @@ def _stage_bench(device: str, out: Path, tiny: bool, log) -> dict[str, Any]:
     from harness.bench.bounds import bench_bounds
     from harness.bench.train import bench_train
 
-    models = [("cnn_small", None)] if tiny else [("cnn7", 64)]
+    models = [TINY_ARCH] if tiny else [("cnn7", 64)]
     repeats = 2 if tiny else 5
     train = bench_train(device=device, repeats=repeats, out=out / "bench_train.csv", models=models, log=log)
     bounds = bench_bounds(device=device, repeats=repeats, out=out / "bench_bounds.csv", models=models, log=log)

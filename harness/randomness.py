@@ -1,9 +1,11 @@
 """Seeds derived from names, and per-sample noise that does not depend on batching.
 
 Evaluation draws random numbers (PGD's random starts, AutoAttack's) that must not depend on what the
-process did before, nor on how the samples were batched: a certification that is resumed, re-run,
-or re-batched after an out-of-memory error writes byte-identical records. So every draw comes from a
-generator seeded by a name (the run id, the stage) and, for per-sample noise, by the sample's index.
+process did before, nor, for PGD, on how the samples were batched: a certification that is resumed
+or re-run writes byte-identical records, and one re-batched after an out-of-memory error draws the
+same starts (its margins may then differ in their last bits: a batched product's rounding depends on
+the batch size). So every draw comes from a generator seeded by a name (the run id, the stage) and,
+for per-sample noise, by the sample's index.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.certify import CERTIFIERS, check_invariants, col, covered_key, summarize
+from harness.certify import GAP_STAGES, CERTIFIERS, check_invariants, col, covered_key, stage_gaps, summarize
 from harness.config import BENCHMARKS, REPO, RUNS, Profile, load_profile
 from harness.rundir import RunDir, atomic_write_text
 
@@ -36,7 +36,8 @@ TIMED_STAGES = ("pgd", "crown", "alpha-crown", "autoattack", "complete")
 TIME_COLUMNS = ("train_time_s", "teacher_time_s", "cert_time_s") + tuple(
     f"time_{s.replace('-', '_')}_s" for s in TIMED_STAGES)
 SUMMARY_COLUMNS = KEYS + ["status", "n_test"] + ACC_COLUMNS + [covered_key(s) for s in COVERED] + [
-    "n_robust", "counterexamples", "complete_unknown", "epochs"] + list(TIME_COLUMNS) + ["run_id"]
+    "n_robust", "counterexamples", "complete_unknown", "epochs"] + list(TIME_COLUMNS) + [
+    f"gap_{s.replace('-', '_')}" for s in GAP_STAGES] + ["run_id"]
 
 
 def dataset_unavailable(name: str) -> str | None:
@@ -68,6 +69,7 @@ def profile_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
             meta = json.loads(meta_path.read_text())
             manifest = run.read_manifest()
             row.update(summarize(df))
+            row.update({f"gap_{s.replace('-', '_')}": g for s, g in stage_gaps(df).items()})
             row.update({"status": "ok", **{covered_key(s): meta.get(covered_key(s), 0) for s in COVERED},
                         "train_time_s": manifest.get("train_time_s"),
                         "teacher_time_s": manifest.get("teacher_train_time_s"),

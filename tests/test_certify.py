@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import certify as certify_module
+from harness import cascade as cascade_module
 from harness.batching import AdaptiveBatches, forget_known_sizes
 from harness.certify import budgeted, certify_run, summarize
 from harness.config import load_profile
@@ -34,7 +34,7 @@ def test_out_of_memory_splits_batches_and_gives_the_same_records(smoke_run, monk
     forget_known_sizes()
     limit = 7
     seen: Counter = Counter()
-    real_certify, real_pgd = certify_module.certify_batch, certify_module.pgd_robust
+    real_certify, real_pgd = cascade_module.certify_batch, cascade_module.pgd_robust
 
     def tight(fn, name):
         def wrapped(model, x, y, eps, *args, **kw):
@@ -45,8 +45,8 @@ def test_out_of_memory_splits_batches_and_gives_the_same_records(smoke_run, monk
             return out
         return wrapped
 
-    monkeypatch.setattr(certify_module, "certify_batch", tight(real_certify, "cert"))
-    monkeypatch.setattr(certify_module, "pgd_robust", tight(real_pgd, "pgd"))
+    monkeypatch.setattr(cascade_module, "certify_batch", tight(real_certify, "cert"))
+    monkeypatch.setattr(cascade_module, "pgd_robust", tight(real_pgd, "pgd"))
     logs: list[str] = []
     settings = load_profile("smoke").certify
     previous = set_threads(1)  # as the session's smoke run certified it (CPU results depend on the threads)
@@ -55,9 +55,14 @@ def test_out_of_memory_splits_batches_and_gives_the_same_records(smoke_run, monk
     finally:
         set_threads(previous)
     assert any("out of memory in" in line for line in logs)
-    # byte-identical records: no sample skipped, none counted twice, none drawn differently
-    assert (dst.path / "certify.csv").read_bytes() == (src.path / "certify.csv").read_bytes()
+    # The same records: no sample skipped, none counted twice, no random start drawn differently. Only
+    # the margins may differ, in their last float32 bits: a batched product's rounding depends on the
+    # batch size (and auto_LiRPA refines the neurons unstable anywhere in its batch).
     ref = pd.read_csv(src.path / "certify.csv")
+    mine = pd.read_csv(dst.path / "certify.csv")
+    margins = [c for c in ref if c.startswith("margin_")]
+    pd.testing.assert_frame_equal(mine.drop(columns=margins), ref.drop(columns=margins), check_exact=True)
+    pd.testing.assert_frame_equal(mine[margins], ref[margins], rtol=1e-5, atol=1e-5)
     assert seen["pgd"] == int((ref["clean_pred"] == ref["label"]).sum())   # each correct sample attacked once
     for name in ("ibp", "lirpa-ibp", "crown-ibp"):
         assert seen[name] == len(df)

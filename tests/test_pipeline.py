@@ -86,7 +86,8 @@ def test_per_sample_records_hold_the_invariants(smoke):
 def test_figures_are_written(smoke):
     dirs, _, _ = smoke
     names = sorted(p.name for p in (dirs["plots_dir"] / "smoke").glob("*.png"))
-    assert names == ["cert_vs_eps_mnist_eps0.1.png", "tradeoff_mnist_eps0.1.png", "training_curves_mnist_eps0.1.png"]
+    assert names == ["cert_vs_eps_mnist_eps0.1.png", "gap_mnist_eps0.1.png", "tradeoff_mnist_eps0.1.png",
+                     "training_curves_mnist_eps0.1.png"]
     for p in (dirs["plots_dir"] / "smoke").glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
 
@@ -111,7 +112,7 @@ def _records(**cols) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("cols, message", [
-    ({"pgd_robust": [False, True]}, "PGD breaks"),
+    ({"pgd_robust": [False, True]}, "an attack or a counterexample breaks"),
     ({"clean_pred": [2, 4]}, "misclassified"),
     ({"cert_lirpa_ibp": [0.0, 0.0]}, "disagree"),
 ])
@@ -164,7 +165,7 @@ def test_cli_stages_run_from_stored_records(smoke, tmp_path):
     r = _cli("tables", "--profile", "smoke", "--runs", runs, "--results", res)
     assert r.returncode == 0 and (tmp_path / "results" / "smoke" / "summary.csv").exists()
     r = _cli("figures", "--runs", runs, "--results", res, "--plots", plots)
-    assert r.returncode == 0 and len(list((tmp_path / "plots" / "smoke").glob("*.png"))) == 3
+    assert r.returncode == 0 and len(list((tmp_path / "plots" / "smoke").glob("*.png"))) == 4
     r = _cli("reproduce", "--profile", "smoke", "--runs", runs, "--results", res, "--plots", plots, "--device", "cpu")
     assert r.returncode == 0 and "0 to train" in r.stdout
     r = _cli("status", "--profile", "smoke", "--runs", runs)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.config import RUNS
-from harness.plots.runs import eps_curve_plot, training_curves_plot, tradeoff_plot
+from harness.plots.runs import eps_curve_plot, gap_plot, training_curves_plot, tradeoff_plot
 from harness.plots.style import PLOTS
 from harness.tables import PUBLISHED, RESULTS
 
@@ -56,7 +56,8 @@ def build_figures(profiles: list | None = None, results_dir: Path | None = None,
                 p = folder / f"tradeoff_{slug}.png"
                 tradeoff_plot(plain, published, dataset, label, p)
                 written.append(p)
-            for fig_name, fn in (("cert_vs_eps", eps_curve_plot), ("training_curves", training_curves_plot)):
+            for fig_name, fn in (("cert_vs_eps", eps_curve_plot), ("training_curves", training_curves_plot),
+                                 ("gap", gap_plot)):
                 p = folder / f"{fig_name}_{slug}.png"
                 if fn(plain, runs_root, dataset, label, p):
                     written.append(p)

@@ -118,3 +118,29 @@ def training_curves_plot(summary: pd.DataFrame, runs_root: Path, dataset: str, e
     fig.suptitle(f"{dataset} eps={eps_label}: training curves")
     save_figure(fig, path)
     return True
+
+
+def gap_plot(summary: pd.DataFrame, runs_root: Path, dataset: str, eps_label: str, path: Path) -> bool:
+    """Per run, the gap between the best attack and the best certificate after each cascade stage."""
+    from harness.certify import GAP_STAGES
+
+    ok = summary[(summary["status"] == "ok") & (summary["dataset"] == dataset) & (summary["eps_label"] == eps_label)]
+    cols = [f"gap_{s.replace('-', '_')}" for s in GAP_STAGES]
+    if ok.empty or not all(c in ok for c in cols):
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    seen = set()
+    for _, r in ok.iterrows():
+        colour, marker = method_style(r["method"])
+        label = r["method"] if r["method"] not in seen else None
+        seen.add(r["method"])
+        ax.plot(range(len(cols)), [r[c] for c in cols], marker=marker, color=colour, alpha=0.8, label=label)
+    ax.set_xticks(range(len(cols)), ["IBP", "+ CROWN-IBP", "+ CROWN", "+ alpha-CROWN", "+ AutoAttack", "+ MILP"])
+    ax.set_ylabel("attack accuracy minus certified accuracy (points)")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_title(f"{dataset} eps={eps_label}: what each stage decides (one line per run;\n"
+                 f"on the prefix the deepest stage covered; 0: every sample decided)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+    return True
