@@ -28,6 +28,8 @@ PUBLISHED = BENCHMARKS / "published.csv"
 KEYS = ["profile", "dataset", "eps", "eps_label", "method", "variant", "arch", "seed"]
 ACC_COLUMNS = ["clean_acc", "pgd_acc", "aa_acc"] + [col(c) for c in CERTIFIERS] + [
     "robust_lower", "robust_upper", "unknown"]
+#: Per-run numbers the mean table averages over seeds (accuracies, and the samples the bounds cover).
+AGG_COLUMNS = ACC_COLUMNS + ["n_robust", "counterexamples", "complete_unknown"]
 #: How far each budgeted stage got: the test-set prefix it covered (certify.json's n_<stage>).
 COVERED = ("crown", "alpha-crown", "autoattack", "complete")
 #: Stages whose wall time the summary shows (certify.json's times_s).
@@ -137,12 +139,12 @@ def profile_tables(profile: Profile, summary: pd.DataFrame) -> dict[str, pd.Data
     ok = summary[summary["status"] == "ok"]
     group = ["profile", "dataset", "eps", "eps_label", "method", "variant", "arch"]
     if len(ok):
-        agg = ok.groupby(group, sort=True)[ACC_COLUMNS].agg(["mean", "std"])
+        agg = ok.groupby(group, sort=True)[AGG_COLUMNS].agg(["mean", "std"])
         agg.columns = [f"{a}_{b}" for a, b in agg.columns]
         agg = agg.reset_index()
         agg.insert(len(group), "n_seeds", ok.groupby(group, sort=True).size().values)
     else:
-        agg = pd.DataFrame(columns=group + ["n_seeds"] + [f"{a}_{b}" for a in ACC_COLUMNS for b in ("mean", "std")])
+        agg = pd.DataFrame(columns=group + ["n_seeds"] + [f"{a}_{b}" for a in AGG_COLUMNS for b in ("mean", "std")])
 
     published = pd.read_csv(PUBLISHED)
     best = _best_certified(agg[agg["variant"] == ""] if len(agg) else agg)
@@ -173,16 +175,21 @@ README_END = "<!-- end of results table -->"
 def readme_results_table(agg: pd.DataFrame, profile: Profile) -> str:
     """The README's results table for ``profile``: mean ± std over seeds per (dataset, eps, method).
 
-    Rows follow the profile's order of settings and methods; certified columns are cumulative along
-    the cascade, and the CROWN and alpha-CROWN headers name the test prefix they ran on.
-    ``tests/test_readme.py`` checks that the README shows exactly this table for the committed results.
+    Rows follow the profile's order of settings and methods. "robust accuracy" is bounded below by
+    every certificate (IBP, CROWN-IBP, CROWN, alpha-CROWN, the MILP) and above by every attack (PGD,
+    AutoAttack, the MILP's counterexamples) on the test-set prefix the deepest stage covered ("of");
+    "unknown" is the gap (0: the exact robust accuracy). ``tests/test_readme.py`` checks that the
+    README shows exactly this table for the committed results.
     """
     cs = profile.certify
-    head = ["dataset", "eps", "method", "clean", f"PGD-{cs.pgd_steps}", "IBP (own = auto_LiRPA)", "+ CROWN-IBP",
-            f"+ CROWN ({cs.crown_samples} undecided max)", f"+ alpha-CROWN ({cs.alpha_crown_samples} undecided max)"]
-    cols = ["clean_acc", "pgd_acc", col("ibp"), col("crown-ibp"), col("crown"), col("alpha-crown")]
+    head = ["dataset", "eps", "method", "clean", f"PGD-{cs.pgd_steps}", "AutoAttack", "IBP + CROWN-IBP",
+            "robust accuracy (exact where unknown = 0)", "unknown", "of (test images)"]
     variant = agg["variant"].fillna("") if "variant" in agg else ""
     mine = agg[(agg["profile"] == profile.name) & (variant == "")]
+
+    def pm(r, c: str) -> str:
+        return f"{r[f'{c}_mean']:.2f} ± {r[f'{c}_std']:.2f}" if not math.isnan(r[f"{c}_mean"]) else ""
+
     rows = []
     for s in profile.settings:
         for method in s.methods:
@@ -191,7 +198,9 @@ def readme_results_table(agg: pd.DataFrame, profile: Profile) -> str:
             if row.empty:
                 continue
             r = row.iloc[0]
-            rows.append([s.dataset, s.eps_label, method] + [
-                f"{r[f'{c}_mean']:.2f} ± {r[f'{c}_std']:.2f}" if not math.isnan(r[f"{c}_mean"]) else ""
-                for c in cols])
+            robust = pm(r, "robust_lower")
+            if r["unknown_mean"] > 0:
+                robust = f"{r['robust_lower_mean']:.2f} to {r['robust_upper_mean']:.2f}"
+            rows.append([s.dataset, s.eps_label, method, pm(r, "clean_acc"), pm(r, "pgd_acc"), pm(r, "aa_acc"),
+                         pm(r, col("crown-ibp")), robust, f"{r['unknown_mean']:.2f}", f"{r['n_robust_mean']:.0f}"])
     return markdown_table(pd.DataFrame(rows, columns=head))

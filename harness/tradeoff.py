@@ -196,3 +196,51 @@ def tradeoff_tables(profile: Profile, summary: pd.DataFrame) -> dict[str, pd.Dat
     if profile.ablations is not None:
         tables["ablations"] = ablation_table(items, profile, attack)
     return tables
+
+
+# ---- the README's tables (tests/test_readme.py checks the README shows exactly these) -------------------
+
+def _ci(row, prefix: str) -> str:
+    mean, low, high = row[f"{prefix}_mean"], row[f"{prefix}_ci_low"], row[f"{prefix}_ci_high"]
+    if math.isnan(low):
+        return f"{mean:+.2f}"
+    mark = " *" if low > 0 or high < 0 else ""
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]{mark}"
+
+
+def readme_paired_table(paired: pd.DataFrame) -> str:
+    """AD-CERT minus MTL-IBP per alpha: mean and 95% t-interval over seeds (* : the interval excludes 0)."""
+    from harness.tables import markdown_table
+
+    rows = []
+    for _, r in paired.iterrows():
+        rows.append([f"{r['alpha']:g}", int(r["n_seeds"]), _ci(r, "diff_clean"), _ci(r, "diff_attack"),
+                     _ci(r, "diff_certified"), f"{int(r['seeds_better_on_both'])} of {int(r['n_seeds'])}",
+                     _seeds(r["seeds_for_0.3_certified"])])
+    attack = paired["attack_column"].iloc[0].replace("_acc", "").upper() if len(paired) else "attack"
+    head = ["alpha", "seeds", "clean", attack, "certified (IBP + CROWN-IBP)", "AD-CERT better on both",
+            f"seeds to detect {DETECT} (certified)"]
+    return markdown_table(pd.DataFrame(rows, columns=head))
+
+
+def _seeds(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{int(v)}"
+
+
+def readme_hypervolume_table(hv: pd.DataFrame) -> str:
+    """Dominated area per method (mean [95% t-interval] over seeds) and the paired AD-CERT - MTL-IBP."""
+    from harness.tables import markdown_table
+
+    rows = [[r["method"], int(r["n_seeds"]), _ci(r, "hypervolume").lstrip("+") if "paired" not in r["method"]
+             else _ci(r, "hypervolume")] for _, r in hv.iterrows()]
+    return markdown_table(pd.DataFrame(rows, columns=["method", "seeds", "area dominated (points²)"]))
+
+
+def readme_ablation_table(abl: pd.DataFrame) -> str:
+    """Each ablation minus the base AD-CERT run of its seed (mean [95% t-interval]; * excludes 0)."""
+    from harness.tables import markdown_table
+
+    rows = [[r["variant"], int(r["n_seeds"]), _ci(r, "diff_clean"), _ci(r, "diff_attack"), _ci(r, "diff_certified")]
+            for _, r in abl.iterrows()]
+    return markdown_table(pd.DataFrame(rows, columns=["variant (vs AD-CERT at the base alpha)", "seeds", "clean",
+                                                      "attack", "certified"]))
