@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from harness.attacks.pgd import eval_mode
+from harness.floats import two_sum
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,6 @@ class AttackResult:
     rejected: int
 
 
-def _two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Knuth's TwoSum: s = fl(a + b) and the exact error a + b - s (error-free in IEEE arithmetic)."""
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
 def _inside(points: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     """Elementwise: the stored value of ``points`` lies in [x - eps, x + eps] ∩ [0, 1], exactly.
 
@@ -50,7 +44,7 @@ def _inside(points: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     |d| > eps settles a coordinate; only |d| == eps needs the error's sign. NaN is outside.
     """
     p64, x64 = points.detach().double(), x.detach().double()
-    d, err = _two_sum(p64, -x64)
+    d, err = two_sum(p64, -x64)
     size = d.abs()
     # |d + err| <= eps: where |d| == eps, err must not point away from zero (err * sign(d) <= 0).
     inside = (size < eps) | ((size == eps) & (err * d.sign() <= 0))

@@ -45,6 +45,7 @@ from torch import nn
 
 from harness.bounds.ibp import IBPBounds, UnsupportedLayerError, flatten_layers, ibp_bounds
 from harness.bounds.spec import check_batch, input_box, spec_matrix
+from harness.floats import two_sum
 
 __all__ = [
     "METHODS", "FP32_ABS_TOL", "FP32_REL_TOL", "FP64_ABS_TOL", "FP64_REL_TOL", "Verdicts",
@@ -116,13 +117,6 @@ def _validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, me
         raise ValueError(f"certification supports float32 and float64 models, got {dtype}")
 
 
-def _two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Knuth's TwoSum: s = fl(a + b) and the exact rounding error a + b - s (error-free in IEEE arithmetic)."""
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
 def _outward_box(x: torch.Tensor, eps: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The box B(x, eps) ∩ [0, 1] (as :func:`harness.bounds.spec.input_box`) in ``dtype``.
 
@@ -150,9 +144,9 @@ def _outward_box(x: torch.Tensor, eps: float, dtype: torch.dtype) -> tuple[torch
     e = e.to(x.device)
     # nextafter towards s - 1 (one ulp down) where the error is negative, towards s itself (no move)
     # elsewhere; sign() arithmetic instead of torch.where, which is ~8x slower here.
-    lo, err = _two_sum(x, -e)
+    lo, err = two_sum(x, -e)
     lo = torch.nextafter(lo, lo + err.sign().clamp_(max=0.0))
-    hi, err = _two_sum(x, e)
+    hi, err = two_sum(x, e)
     hi = torch.nextafter(hi, hi + err.sign().clamp_(min=0.0))
     return lo.clamp_(min=0.0), hi.clamp_(max=1.0)
 

@@ -74,8 +74,9 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from harness.bounds import _two_sum, fp_tolerance, margin_lower_bounds, model_dtype, rounding_scale
+from harness.bounds import fp_tolerance, margin_lower_bounds, model_dtype, rounding_scale
 from harness.bounds.milp import MILPNetwork, MILPProgram, build_program
+from harness.floats import two_sum
 
 __all__ = ["SOLVER_FEASIBILITY_TOL", "ClassResult", "CompleteResult", "verify_sample"]
 
@@ -294,9 +295,9 @@ def _milp_box(x: torch.Tensor, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """The real box B(x, eps) ∩ [0, 1] rounded outward in float64 (contains the exact one)."""
     x64, e = x.double().reshape(-1), torch.tensor(eps, dtype=torch.float64)
     inf = torch.tensor(math.inf, dtype=torch.float64)
-    lo, err = _two_sum(x64, -e)  # lo + err = x - eps exactly
+    lo, err = two_sum(x64, -e)  # lo + err = x - eps exactly
     lo = torch.where(err < 0, torch.nextafter(lo, -inf), lo).clamp(min=0.0)
-    hi, err = _two_sum(x64, e)
+    hi, err = two_sum(x64, e)
     hi = torch.where(err > 0, torch.nextafter(hi, inf), hi).clamp(max=1.0)
     return lo.numpy(), hi.numpy()
 
@@ -305,11 +306,11 @@ def _inner_box32(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tenso
     """The largest float32 box inside the real box B(x, eps) ∩ [0, 1] (None if it holds no float32 point)."""
     x64, e = x.double().reshape(-1), torch.tensor(eps, dtype=torch.float64)
     inf = torch.tensor(math.inf, dtype=torch.float32)
-    s, err = _two_sum(x64, -e)  # the exact lower end is s + err
+    s, err = two_sum(x64, -e)  # the exact lower end is s + err
     lo = s.float()
     # lo - s is exact (Sterbenz, or lo = 0); lo is below the real end iff lo - s < err.
     lo = torch.where(lo.double() - s < err, torch.nextafter(lo, inf), lo).clamp(min=0.0)
-    s, err = _two_sum(x64, e)
+    s, err = two_sum(x64, e)
     hi = s.float()
     hi = torch.where(hi.double() - s > err, torch.nextafter(hi, -inf), hi).clamp(max=1.0)
     if bool((lo > hi).any()):

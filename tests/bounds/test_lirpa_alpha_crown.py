@@ -10,17 +10,16 @@ neurons to refine) finds some.
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
 from torch import nn
 
-from harness import data
 from harness.bounds import fp_tolerance, lirpa, margin_lower_bounds
 from harness.bounds.spec import input_box, spec_matrix
 from harness.lirpa_compat import _ORIGINALS, BoundedTensor, PerturbationLpNorm
 from harness.models import Normalize
+from seeded_models import seeded_init  # tests/bounds/seeded_models.py
 
 EPS = 0.001
 ITERS = 5
@@ -46,26 +45,12 @@ def _build(shape: str, seed: int) -> nn.Sequential:
             channels = out
         layers += [nn.Flatten(), nn.Linear(8 * 7 * 7, 10)]
     model = nn.Sequential(*layers)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                bound = 1 / math.sqrt(m.weight[0].numel())
-                m.weight.uniform_(-bound, bound, generator=gen)
-                m.bias.uniform_(-bound, bound, generator=gen)
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.2, 0.2, generator=gen)
-                m.running_mean.uniform_(-0.3, 0.3, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-    return model.eval()
+    return seeded_init(model, seed)
 
 
 @pytest.fixture(scope="module")
-def mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    root = data.data_root()
-    data.ensure_dataset("mnist", root)
-    x, y = data.load_split("mnist", "test", root)
+def mnist(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = mnist_test
     return x[:4].clone(), y[:4].clone()
 
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from harness import data
 from harness.bounds import fp_tolerance, ibp_bounds
-from harness.bounds.lirpa import LIRPA_METHODS, lirpa_relu_bounds
+from harness.bounds.lirpa import lirpa_relu_bounds
 from harness.bounds.spec import input_box
 from harness.models import Normalize, build_model
+from seeded_models import seeded_init  # tests/bounds/seeded_models.py
 
 EPS = 0.02
 ITERS = 4
@@ -26,27 +26,12 @@ MEAN, STD = [0.1307], [0.3081]
 
 
 def _init_(model: nn.Module, seed: int) -> nn.Module:
-    """Redraw every parameter and BatchNorm statistic from a seeded generator (PyTorch-like scales)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                bound = m.weight[0].numel() ** -0.5
-                m.weight.uniform_(-bound, bound, generator=gen)
-                m.bias.uniform_(-bound, bound, generator=gen)
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.2, 0.2, generator=gen)
-                m.running_mean.uniform_(-0.3, 0.3, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-    return model.eval()
+    return seeded_init(model, seed)
 
 
 @pytest.fixture(scope="module")
-def mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    root = data.data_root()
-    data.ensure_dataset("mnist", root)
-    x, y = data.load_split("mnist", "test", root)
+def mnist(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = mnist_test
     return x[:2].clone(), y[:2].clone()
 
 

@@ -8,7 +8,6 @@ While it runs, `SLURM_CONF` names its configuration, so `sbatch`, `squeue`, `sac
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from dataclasses import dataclass
