@@ -1,4 +1,4 @@
-"""The certifier interface (harness.bounds): validation, the floating-point rule, every method's verdicts."""
+"""The certifier interface (harness/bounds/__init__.py): validation, the floating-point rule, every method's verdicts."""
 
 from __future__ import annotations
 
