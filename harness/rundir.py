@@ -47,6 +47,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_write_bytes` whose writer died (a SIGKILL mid-write
+    leaves one; the file it was writing was never replaced, so nothing partial is visible)."""
+    removed = []
+    for tmp in folder.glob(".*.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[-1].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -238,6 +260,7 @@ class claim:
             os.close(self.fd)
             holder = job_record(self.run)
             raise RunClaimed(f"run {self.run.path.name} is being worked on by {describe_job(holder)}") from None
+        remove_stale_temporaries(self.run.path)
         update_job_record(self.run, **self.job, state="running", pid=os.getpid(), host=platform.node(),
                           started=now(), error=None)
         return self

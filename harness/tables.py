@@ -20,7 +20,7 @@ import pandas as pd
 
 from harness.certify import GAP_STAGES, CERTIFIERS, check_invariants, col, covered_key, stage_gaps, summarize
 from harness.config import BENCHMARKS, REPO, RUNS, Profile, load_profile
-from harness.rundir import RunDir, atomic_write_text
+from harness.rundir import RunDir, atomic_write_text, remove_stale_temporaries
 
 RESULTS = REPO / "results"
 PUBLISHED = BENCHMARKS / "published.csv"
@@ -123,6 +123,7 @@ def build_tables(profiles: list[Profile | str] | None = None, runs_root: Path | 
         tables = profile_tables(profile, summary)
         folder = results_dir / profile.name
         folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder)
         for name, df in tables.items():
             _write(df, folder / f"{name}.csv")
         skipped = summary[summary["status"].str.startswith("skipped")]

@@ -14,6 +14,7 @@ import pandas as pd
 from harness.config import RUNS
 from harness.plots.runs import eps_curve_plot, gap_plot, training_curves_plot, tradeoff_plot
 from harness.plots.style import PLOTS
+from harness.rundir import remove_stale_temporaries
 from harness.tables import PUBLISHED, RESULTS
 
 __all__ = ["PLOTS", "build_figures"]
@@ -46,6 +47,7 @@ def build_figures(profiles: list | None = None, results_dir: Path | None = None,
         summary = pd.read_csv(summary_path, dtype={"variant": str}).fillna({"variant": ""})
         folder = plots_dir / name
         folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder)
         plain = summary[summary["variant"] == ""]
         ok = plain[plain["status"] == "ok"]
         swept = _sweep_figures(objects.get(name), name, results_dir, summary, published, folder)
