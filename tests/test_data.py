@@ -99,7 +99,7 @@ def test_unknown_dataset_lists_known_names():
 
 def test_data_root(monkeypatch, tmp_path):
     monkeypatch.delenv("HARNESS_DATA", raising=False)
-    assert data.data_root() == Path(data.__file__).resolve().parent.parent / "data"
+    assert data.data_root() == Path(__file__).resolve().parent.parent / "data"
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
     assert data.data_root() == tmp_path
 
@@ -167,13 +167,13 @@ def test_verification_cache_follows_size_and_mtime(real_root, tmp_path, monkeypa
     raw = copy_idx(real_root, tmp_path)
     hashed: list[str] = []
     real_md5 = data.md5_file
-    monkeypatch.setattr(data, "md5_file", lambda p: hashed.append(Path(p).name) or real_md5(p))
+    monkeypatch.setattr(data.checksums, "md5_file", lambda p: hashed.append(Path(p).name) or real_md5(p))
 
     data.ensure_dataset("mnist", tmp_path, allow_download=False)
     assert sorted(hashed) == sorted(IDX_NAMES)
     data.ensure_dataset("mnist", tmp_path, allow_download=False)
     assert len(hashed) == 4  # in-process cache
-    monkeypatch.setattr(data, "_MD5_SEEN", {})
+    monkeypatch.setattr(data.checksums, "_MD5_SEEN", {})
     data.ensure_dataset("mnist", tmp_path, allow_download=False)
     assert len(hashed) == 4  # on-disk cache, as a new process would see it
     assert (raw / ".verified.json").is_file()
@@ -190,7 +190,7 @@ def test_verification_cache_follows_size_and_mtime(real_root, tmp_path, monkeypa
     # Same size, different content and mtime: recomputed and rejected.
     target.write_bytes(good[:-1] + bytes([(good[-1] + 1) % 256]))
     os.utime(target, (OLD - 10, OLD - 10))
-    monkeypatch.setattr(data, "_MD5_SEEN", {})
+    monkeypatch.setattr(data.checksums, "_MD5_SEEN", {})
     with pytest.raises(data.ChecksumError):
         data.ensure_dataset("mnist", tmp_path, allow_download=False)
     assert hashed[5:] == ["train-labels-idx1-ubyte"]
@@ -206,7 +206,7 @@ def test_freshly_written_file_is_not_cached(real_root, tmp_path, monkeypatch):
     copy_idx(real_root, tmp_path, mtime=None)
     hashed: list[str] = []
     real_md5 = data.md5_file
-    monkeypatch.setattr(data, "md5_file", lambda p: hashed.append(Path(p).name) or real_md5(p))
+    monkeypatch.setattr(data.checksums, "md5_file", lambda p: hashed.append(Path(p).name) or real_md5(p))
     data.ensure_dataset("mnist", tmp_path, allow_download=False)
     data.ensure_dataset("mnist", tmp_path, allow_download=False)
     assert len(hashed) == 8
@@ -393,10 +393,10 @@ def test_cifar10_archive_extraction_path(tmp_path, monkeypatch, no_torchvision_d
     with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
         tar.add(src, arcname="cifar-10-batches-py")
     files = tuple(
-        data.DataFile(f.name, data.md5_file(src / f.name), f.split, f.role) for f in data._cifar10_files()
+        data.DataFile(f.name, data.md5_file(src / f.name), f.split, f.role) for f in data.registry._cifar10_files()
     )
-    monkeypatch.setattr(data, "_cifar10_files", lambda: files)
-    monkeypatch.setattr(data, "_cifar10_tarball", lambda: ("cifar-10-python.tar.gz", data.md5_file(root / "cifar-10-python.tar.gz")))
+    monkeypatch.setattr(data.registry, "_cifar10_files", lambda: files)
+    monkeypatch.setattr(data.registry, "_cifar10_tarball", lambda: ("cifar-10-python.tar.gz", data.md5_file(root / "cifar-10-python.tar.gz")))
     assert data.ensure_dataset("cifar10", root, allow_download=False) == root / "cifar-10-batches-py"
     x, y = data.load_split("cifar10", "test", root)
     assert torch.equal((x * 255).round().to(torch.uint8).view(20, -1), torch.from_numpy(written["test_batch"][0]))
