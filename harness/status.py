@@ -1,8 +1,9 @@
 """``python -m harness status``: where each run of a profile stands, from its run folder alone.
 
-pending (nothing yet) / interrupted (a checkpoint, no live worker: the next invocation resumes it) /
-queued or running (where: a SLURM job, or a local worker's pid and host) / trained / certified /
-failed (with the last lines of its log).
+pending (nothing yet) / queued or running (where: a SLURM job, or a local worker's pid and host) /
+interrupted (its worker ended without finishing and without an error: killed, cancelled, timed out;
+the next invocation resumes it) / failed (an error; with the last lines of its log) / trained (not
+certified with the profile's current settings) / certified.
 """
 
 from __future__ import annotations
@@ -41,14 +42,14 @@ def run_status(run, certify) -> tuple[str, str]:
         if str(rec["job_id"]) in live:
             state, where = live[str(rec["job_id"])]
             return ("running" if state == "RUNNING" else "queued"), f"slurm job {rec['job_id']} {state} {where}"
-    if rec.get("state") == "failed" or (rec.get("state") in ("running", "submitted") and not run.finished):
-        why = rec.get("error") or f"its {describe_job(rec)} ended without finishing"
-        return "failed", why.splitlines()[-1][:300]
+    if rec.get("state") == "failed":
+        return "failed", (rec.get("error") or "").splitlines()[-1][:300] if rec.get("error") else "see its log"
     if run.finished:
         return "trained", "not certified with the profile's current settings"
-    if run.checkpoint.exists():
+    if run.checkpoint.exists() or rec.get("state") in ("running", "submitted"):
         epochs = len(run.read_metrics())
-        return "interrupted", f"{epochs} epoch(s) done; the next invocation resumes it"
+        why = f"its {describe_job(rec)} ended without finishing; " if rec else ""
+        return "interrupted", f"{why}{epochs} epoch(s) done; the next invocation resumes it"
     return "pending", ""
 
 
