@@ -8,7 +8,7 @@ A sample is *decided* once it is misclassified, broken by an attack (a point a p
 misclassifies), or certified; the later stages work only on the undecided ones. Each budgeted stage
 processes at most its budget of undecided samples, in index order, and covers the test-set prefix up
 to the last one it processed (see :func:`budgeted`). After every stage (and every few seconds inside
-the complete stage) the state is written to ``certify.partial.npz`` + ``.json``, so an interrupted
+the complete stage) the state is written to ``certify-<key>.partial.npz`` + ``.json``, so an interrupted
 certification resumes where it stopped with the same records as an uninterrupted one.
 """
 
@@ -48,7 +48,7 @@ def margin_col(certifier: str) -> str:
 
 
 def covered_key(stage: str) -> str:
-    """The ``certify.json`` / table key of the prefix a budgeted stage covered, e.g. ``n_alpha_crown``."""
+    """The ``certify-<key>.json`` / table key of the prefix a budgeted stage covered, e.g. ``n_alpha_crown``."""
     return "n_" + stage.replace("-", "_")
 
 
@@ -86,7 +86,7 @@ class Cascade:
         self.done: list[str] = []
         self.batches = AdaptiveBatches(device, log)
         self.arch_key = (self.cfg.arch, self.cfg.width, tuple(self.x.shape[1:]))
-        self.partial = run.path / "certify.partial.npz"
+        self.partial = run.path / f"certify-{settings.key}.partial.npz"
 
     # -- state ----------------------------------------------------------------------------------------
     @property

@@ -1,8 +1,9 @@
 """Certify a finished run: one record per test sample, checked invariants, timings.
 
-Writes ``runs/<id>/certify.csv`` (per-sample records) and ``runs/<id>/certify.json`` (settings,
-per-stage wall time, what each budgeted stage covered, batch sizes, peak memory, the complete
-verifier's counts). The stages are :mod:`harness.cascade`'s:
+Writes ``runs/<id>/certify-<key>.csv`` (per-sample records) and ``runs/<id>/certify-<key>.json``
+(settings, per-stage wall time, what each budgeted stage covered, batch sizes, peak memory, the complete
+verifier's counts), ``<key>`` being a hash of the certification settings, so a run that several
+profiles share keeps one certification per profile's settings. The stages are :mod:`harness.cascade`'s:
 
     clean -> PGD -> IBP (own, and auto_LiRPA's beside it) -> CROWN-IBP -> CROWN -> alpha-CROWN
           -> AutoAttack -> complete verification (MILP) -> AutoAttack on certified samples (alarm)
@@ -16,9 +17,9 @@ agree.
 An expensive stage has a *budget*: the number of undecided samples it may process, taken in index
 order. When the budget does not run out, the stage covers the whole test set; when it does, the
 stage's column covers the prefix of the test set up to its last processed sample (``n_<stage>`` in
-``certify.json`` and in the tables) and is empty beyond it. Budgets are counts, not seconds, so that
+``certify-<key>.json`` and in the tables) and is empty beyond it. Budgets are counts, not seconds, so that
 the same settings give the same records on any machine (the complete verifier's per-sample
-wall-clock cap is the one exception; ``certify.json`` counts the samples that hit it).
+wall-clock cap is the one exception; ``certify-<key>.json`` counts the samples that hit it).
 
 Every random draw (PGD's and AutoAttack's starts) comes from generators seeded by the run id and the
 stage (per sample for PGD: :mod:`harness.randomness`), so a re-run or a resumed certification writes
@@ -29,6 +30,7 @@ float64 arithmetic only (:func:`harness.device.exact_arithmetic`).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,8 +41,8 @@ from harness.config import CertifySettings
 from harness.device import device_name, exact_arithmetic, peak_memory_gib, reset_peak_memory, resolve_device
 from harness.rundir import RunDir, atomic_write_text, write_json
 
-__all__ = ["CERTIFIERS", "InvariantError", "budgeted", "certify_run", "check_invariants", "col", "covered_key",
-           "is_certified", "margin_col", "summarize"]
+__all__ = ["CERTIFIERS", "InvariantError", "budgeted", "certify_paths", "certify_run", "check_invariants", "col",
+           "covered_key", "is_certified", "margin_col", "summarize"]
 
 
 def _broken(df: pd.DataFrame) -> pd.Series:
@@ -83,7 +85,7 @@ def check_invariants(df: pd.DataFrame, where: str = "") -> None:
 def certify_run(run: RunDir, settings: CertifySettings, *, device: str = "auto", log=print,
                 force: bool = False) -> pd.DataFrame:
     """Evaluate a finished run's model on the test set; skip when records with the same settings exist."""
-    out_csv, out_json = run.path / "certify.csv", run.path / "certify.json"
+    out_csv, out_json = certify_paths(run, settings)
     if not run.finished:
         raise RuntimeError(f"run {run.path.name} is not finished; train it first")
     if not force and is_certified(run, settings):
@@ -141,10 +143,15 @@ def eps_sweep(c: Cascade) -> list[dict]:
     return sweep
 
 
+def certify_paths(run: RunDir, settings: CertifySettings) -> tuple[Path, Path]:
+    """(records, metadata) of the run's certification with ``settings``."""
+    return run.path / f"certify-{settings.key}.csv", run.path / f"certify-{settings.key}.json"
+
+
 def is_certified(run: RunDir, settings: CertifySettings) -> bool:
     """Whether the run has certification records made with exactly these settings."""
-    out_json = run.path / "certify.json"
-    if not (out_json.exists() and (run.path / "certify.csv").exists()):
+    out_csv, out_json = certify_paths(run, settings)
+    if not (out_json.exists() and out_csv.exists()):
         return False
     return json.loads(out_json.read_text()).get("settings") == settings.to_dict()
 

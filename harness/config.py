@@ -162,6 +162,13 @@ class CertifySettings:
         d["eps_sweep"] = list(self.eps_sweep)
         return d
 
+    @property
+    def key(self) -> str:
+        """A short hash of the settings: a run certified under several profiles' settings keeps each
+        certification in its own files (``certify-<key>.csv``)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
 
 @dataclass(frozen=True)
 class SlurmSettings:

@@ -68,6 +68,7 @@ def _stage_environment(device: str) -> dict[str, Any]:
 def _stage_paper_slice(device: str, out: Path, epochs: int, tiny: bool, log) -> dict[str, Any]:
     import pandas as pd
 
+    from harness.certify import certify_paths
     from harness.pipeline import reproduce
     from harness.rundir import RunDir
 
@@ -80,7 +81,8 @@ def _stage_paper_slice(device: str, out: Path, epochs: int, tiny: bool, log) -> 
     for p in profile.plan():
         run = RunDir.of(p.cfg, runs)
         metrics = run.read_metrics()
-        cert = json.loads((run.path / "certify.json").read_text()) if (run.path / "certify.json").exists() else {}
+        meta_path = certify_paths(run, profile.certify)[1]
+        cert = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         manifest = run.read_manifest()
         per_run.append({
             "method": p.cfg.method, "run_id": p.run_id,

@@ -7,7 +7,8 @@
   checkpoint.prev.pt  the one before it (fallback when the latest is corrupted)
   metrics.jsonl       one JSON line per finished epoch
   manifest.json       provenance; ``status: finished`` marks a run that is never trained again
-  certify.csv / .json per-sample certification records and their settings and timings
+  certify-<key>.csv / .json  per-sample certification records and their settings and timings (one
+                      pair per certification settings, <key> a hash of them)
 
 Every file is written through a temporary name and a rename, so a reader (or a crash) never sees a
 partial file.

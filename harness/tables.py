@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.certify import GAP_STAGES, CERTIFIERS, check_invariants, col, covered_key, stage_gaps, summarize
+from harness.certify import (CERTIFIERS, GAP_STAGES, certify_paths, check_invariants, col, covered_key, stage_gaps,
+                             summarize)
 from harness.config import BENCHMARKS, REPO, RUNS, Profile, load_profile
 from harness.rundir import RunDir, atomic_write_text, remove_stale_temporaries
 
@@ -30,16 +31,16 @@ ACC_COLUMNS = ["clean_acc", "pgd_acc", "aa_acc"] + [col(c) for c in CERTIFIERS] 
     "robust_lower", "robust_upper", "unknown"]
 #: Per-run numbers the mean table averages over seeds (accuracies, and the samples the bounds cover).
 AGG_COLUMNS = ACC_COLUMNS + ["n_robust", "counterexamples", "complete_unknown"]
-#: How far each budgeted stage got: the test-set prefix it covered (certify.json's n_<stage>).
+#: How far each budgeted stage got: the test-set prefix it covered (certify-<key>.json's n_<stage>).
 COVERED = ("crown", "alpha-crown", "autoattack", "complete")
-#: Stages whose wall time the summary shows (certify.json's times_s).
+#: Stages whose wall time the summary shows (certify-<key>.json's times_s).
 TIMED_STAGES = ("pgd", "crown", "alpha-crown", "autoattack", "complete")
 #: Columns of summary.csv that are measured wall times (the only ones two runs of the same code may differ in).
 TIME_COLUMNS = ("train_time_s", "teacher_time_s", "cert_time_s") + tuple(
     f"time_{s.replace('-', '_')}_s" for s in TIMED_STAGES)
 SUMMARY_COLUMNS = KEYS + ["status", "n_test"] + ACC_COLUMNS + [covered_key(s) for s in COVERED] + [
     "n_robust", "counterexamples", "complete_unknown", "epochs"] + list(TIME_COLUMNS) + [
-    f"gap_{s.replace('-', '_')}" for s in GAP_STAGES] + ["run_id"]
+    f"gap_{s.replace('-', '_')}" for s in GAP_STAGES] + ["run_id", "certify_key"]
 
 
 def dataset_unavailable(name: str) -> str | None:
@@ -63,10 +64,10 @@ def profile_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
         run = RunDir.of(cfg, runs_root)
         row = {"profile": profile.name, "dataset": cfg.dataset, "eps": cfg.eps, "eps_label": p.setting.eps_label,
                "method": cfg.method, "variant": p.variant, "arch": cfg.arch, "seed": cfg.seed, "epochs": cfg.epochs,
-               "run_id": cfg.run_id}
-        meta_path = run.path / "certify.json"
-        if meta_path.exists() and (run.path / "certify.csv").exists():
-            df = pd.read_csv(run.path / "certify.csv")
+               "run_id": cfg.run_id, "certify_key": profile.certify.key}
+        csv_path, meta_path = certify_paths(run, profile.certify)
+        if meta_path.exists() and csv_path.exists():
+            df = pd.read_csv(csv_path)
             check_invariants(df, where=f"run {cfg.run_id}")
             meta = json.loads(meta_path.read_text())
             manifest = run.read_manifest()

@@ -13,7 +13,7 @@ import torch
 
 from harness import cascade as cascade_module
 from harness.batching import AdaptiveBatches, forget_known_sizes
-from harness.certify import budgeted, certify_run, summarize
+from harness.certify import budgeted, certify_paths, certify_run, summarize
 from harness.config import load_profile
 from harness.jobs import set_threads
 from harness.rundir import RunDir
@@ -58,8 +58,8 @@ def test_out_of_memory_splits_batches_and_gives_the_same_records(smoke_run, monk
     # The same records: no sample skipped, none counted twice, no random start drawn differently. Only
     # the margins may differ, in their last float32 bits: a batched product's rounding depends on the
     # batch size (and auto_LiRPA refines the neurons unstable anywhere in its batch).
-    ref = pd.read_csv(src.path / "certify.csv")
-    mine = pd.read_csv(dst.path / "certify.csv")
+    ref = pd.read_csv(certify_paths(src, settings)[0])
+    mine = pd.read_csv(certify_paths(dst, settings)[0])
     margins = [c for c in ref if c.startswith("margin_")]
     pd.testing.assert_frame_equal(mine.drop(columns=margins), ref.drop(columns=margins), check_exact=True)
     pd.testing.assert_frame_equal(mine[margins], ref[margins], rtol=1e-5, atol=1e-5)
@@ -142,7 +142,7 @@ def test_autoattack_complete_and_alarm_stages_decide_undecided_samples(mlp_run, 
         set_threads(previous)
     import json
 
-    meta = json.loads((mlp_run.path / "certify.json").read_text())
+    meta = json.loads(certify_paths(mlp_run, settings)[1].read_text())
     assert meta["n_autoattack"] > 0 and meta["n_complete"] == 120 and meta["alarm_samples"] > 0
     counts = meta["complete_counts"]
     ran = df["complete"].fillna("").astype(str)
@@ -158,4 +158,4 @@ def test_autoattack_complete_and_alarm_stages_decide_undecided_samples(mlp_run, 
     assert s["robust_upper"] - s["robust_lower"] == pytest.approx(s["unknown"])
     assert s["unknown"] == pytest.approx(100 * counts["unknown"] / 120)
     assert s["aa_acc"] <= s["pgd_acc"] + 1e-9
-    assert not (mlp_run.path / "certify.partial.npz").exists()
+    assert not list(mlp_run.path.glob("*.partial.*"))

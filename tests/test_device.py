@@ -43,7 +43,7 @@ def test_certification_on_cuda_agrees_with_the_cpu(tmp_path):
     IBP verdicts agree except within the floating-point band of the soundness rule."""
     import pandas as pd
 
-    from harness.certify import certify_run, check_invariants
+    from harness.certify import certify_paths, certify_run, check_invariants
     from harness.config import CertifySettings, RunConfig
     from harness.rundir import RunDir
     from harness.train import train
@@ -61,7 +61,7 @@ def test_certification_on_cuda_agrees_with_the_cpu(tmp_path):
     import shutil
 
     shutil.copytree(run.path, cpu_run.path)
-    (cpu_run.path / "certify.csv").unlink()
+    certify_paths(cpu_run, settings)[0].unlink()
     cpu = certify_run(cpu_run, settings, device="cpu", log=lambda *_: None)
     same = (gpu["cert_ibp"] == cpu["cert_ibp"]).mean()
     assert same >= 0.99, same

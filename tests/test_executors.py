@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from harness.certify import certify_paths
 from harness.config import load_profile
 from harness.pipeline import reproduce
 from harness.rundir import RunClaimed, RunDir, claim, is_locked, job_record
@@ -38,6 +39,11 @@ def assert_same_tables(a: Path, b: Path) -> None:
         pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True)
 
 
+def records(run: RunDir) -> Path:
+    """The run's per-sample certification records under the smoke profile's settings."""
+    return certify_paths(run, load_profile("smoke").certify)[0]
+
+
 def dirs_in(root: Path) -> dict[str, Path]:
     return {"runs_root": root / "runs", "results_dir": root / "results", "plots_dir": root / "plots"}
 
@@ -48,8 +54,8 @@ def test_local_workers_give_the_inline_tables_and_records(smoke_inline, tmp_path
     assert reproduce("smoke", device="cpu", executor="local", workers=2, log=logs.append, **dirs) == 0
     assert_same_tables(dirs["results_dir"], smoke_inline.dirs["results_dir"])
     for cfg in load_profile("smoke").runs():
-        mine = (RunDir.of(cfg, dirs["runs_root"]).path / "certify.csv").read_bytes()
-        assert mine == (RunDir.of(cfg, smoke_inline.dirs["runs_root"]).path / "certify.csv").read_bytes()
+        mine = records(RunDir.of(cfg, dirs["runs_root"])).read_bytes()
+        assert mine == records(RunDir.of(cfg, smoke_inline.dirs["runs_root"])).read_bytes()
         rec = job_record(RunDir.of(cfg, dirs["runs_root"]))
         assert rec["executor"] == "local" and rec["threads"] == 1 and rec["state"] == "done"
         assert (dirs["runs_root"] / cfg.run_id / "job.log").read_text()  # the worker's log of the run
@@ -61,7 +67,7 @@ def _certifying(runs_root: Path) -> bool:
     """Some run is trained and its certification is under way (no records yet)."""
     for cfg in load_profile("smoke").runs():
         run = RunDir.of(cfg, runs_root)
-        if run.finished and not (run.path / "certify.json").exists() and job_record(run).get("state") == "running":
+        if run.finished and not records(run).exists() and job_record(run).get("state") == "running":
             return True
     return False
 
@@ -89,8 +95,8 @@ def test_a_reproduce_killed_during_certification_resumes_to_identical_tables(smo
     assert any("to certify" in line and "0 to certify" not in line for line in logs)
     assert_same_tables(dirs["results_dir"], smoke_inline.dirs["results_dir"])
     for cfg in load_profile("smoke").runs():
-        a = (RunDir.of(cfg, dirs["runs_root"]).path / "certify.csv").read_bytes()
-        assert a == (RunDir.of(cfg, smoke_inline.dirs["runs_root"]).path / "certify.csv").read_bytes()
+        a = records(RunDir.of(cfg, dirs["runs_root"])).read_bytes()
+        assert a == records(RunDir.of(cfg, smoke_inline.dirs["runs_root"])).read_bytes()
 
 
 HOLD = """

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.certify import CERTIFIERS, InvariantError, check_invariants, col, margin_col, summarize
+from harness.certify import CERTIFIERS, InvariantError, certify_paths, check_invariants, col, margin_col, summarize
 from harness.config import load_profile
 from harness.pipeline import reproduce
 from harness.tables import SUMMARY_COLUMNS, build_tables
@@ -66,8 +66,9 @@ def test_per_sample_records_hold_the_invariants(smoke):
 
     for cfg in load_profile("smoke").runs():
         run = RunDir.of(cfg, dirs["runs_root"])
-        df = pd.read_csv(run.path / "certify.csv")
-        meta = json.loads((run.path / "certify.json").read_text())
+        csv_path, meta_path = certify_paths(run, load_profile("smoke").certify)
+        df = pd.read_csv(csv_path)
+        meta = json.loads(meta_path.read_text())
         assert len(df) == 200
         check_invariants(df)
         for c in CERTIFIERS:
@@ -94,13 +95,14 @@ def test_figures_are_written(smoke):
 def test_second_reproduce_does_no_work(smoke):
     dirs, _, _ = smoke
     run = RunDir.of(load_profile("smoke").runs()[0], dirs["runs_root"])
-    stamp = (run.checkpoint.stat().st_mtime_ns, (run.path / "certify.csv").stat().st_mtime_ns)
+    records = certify_paths(run, load_profile("smoke").certify)[0]
+    stamp = (run.checkpoint.stat().st_mtime_ns, records.stat().st_mtime_ns)
     logs: list[str] = []
     t = time.perf_counter()
     reproduce("smoke", device="cpu", log=logs.append, **dirs)
     assert time.perf_counter() - t < 30
     assert any("5 done, 0 to train, 0 to certify" in line for line in logs)
-    assert (run.checkpoint.stat().st_mtime_ns, (run.path / "certify.csv").stat().st_mtime_ns) == stamp
+    assert (run.checkpoint.stat().st_mtime_ns, records.stat().st_mtime_ns) == stamp
 
 
 def _records(**cols) -> pd.DataFrame:

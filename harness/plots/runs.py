@@ -67,7 +67,7 @@ def eps_curve_plot(summary: pd.DataFrame, runs_root: Path, dataset: str, eps_lab
     ok = summary[(summary["status"] == "ok") & (summary["dataset"] == dataset) & (summary["eps_label"] == eps_label)]
     curves = []
     for _, r in ok.iterrows():
-        meta = RunDir(runs_root / r["run_id"]).path / "certify.json"
+        meta = RunDir(runs_root / r["run_id"]).path / f"certify-{r['certify_key']}.json"
         sweep = json.loads(meta.read_text()).get("eps_sweep", []) if meta.exists() else []
         for p in sweep:
             curves.append({"method": r["method"], "seed": r["seed"], "eps": p["eps"], "cert": p["cert_ibp"]})
