@@ -215,6 +215,7 @@ class AblationVariant:
 class Ablations:
     base: dict[str, Any]            # ad_cert parameters that pick the base run (e.g. the sweep's alpha)
     variants: tuple[AblationVariant, ...]
+    seeds: tuple[int, ...] | None = None   # the seeds the variants run with (None: every seed of the profile)
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,8 @@ def _setting_plan(profile: Profile, s: Setting, seed: int) -> list[PlannedRun]:
             if m == "pgd":
                 teacher_id = cfg.run_id
             plan.append(PlannedRun(cfg, s, swept))
-    if profile.ablations is not None and "ad_cert" in s.methods:
+    ablations = profile.ablations
+    if ablations is not None and "ad_cert" in s.methods and (ablations.seeds is None or seed in ablations.seeds):
         ad = s.method_params.get("ad_cert", {})
         base_params = {**ad, **profile.ablations.base}
         unset = [k for k, v in base_params.items() if isinstance(v, list)]
@@ -358,7 +360,12 @@ def load_profile(name_or_path: str | Path) -> Profile:
     if "ablations" in data:
         a = data["ablations"]
         ablations = Ablations(a["base"], tuple(AblationVariant(v["name"], v.get("params", {}), v.get("teacher", {}),
-                                                               v.get("teacher_params", {})) for v in a["variants"]))
+                                                               v.get("teacher_params", {})) for v in a["variants"]),
+                              tuple(a["seeds"]) if a.get("seeds") else None)
+        seeds = tuple(meta.get("seeds", [0]))
+        if ablations.seeds is not None and not set(ablations.seeds) <= set(seeds):
+            raise ConfigError(f"{path}: ablations.seeds: {sorted(set(ablations.seeds) - set(seeds))} not among the "
+                              f"profile's seeds {list(seeds)}; pick ablation seeds from [profile] seeds")
         names = [v.name for v in ablations.variants]
         if len(set(names)) != len(names):
             raise ConfigError(f"{path}: ablations.variants: names must not repeat")

@@ -217,6 +217,7 @@ def profile_model() -> type[BaseModel]:
         model_config = STRICT
         base: method_params_model("ad_cert")                           # type: ignore[valid-type]
         variants: Annotated[list[Variant], Field(min_length=1)]
+        seeds: Annotated[list[hints["seed"]], Field(min_length=1)] | None = None   # default: the profile's
 
     return create_model(
         "profile", __config__=STRICT,

@@ -135,6 +135,29 @@ teacher = { train_eps_factor = 2.0 }
         assert [q.run_id for q in plan].index(p.cfg.teacher) < [q.run_id for q in plan].index(p.run_id)
 
 
+def test_ablations_can_run_with_a_subset_of_the_seeds(tmp_path):
+    abl = SWEEP + '''
+[ablations]
+base = { alpha = 0.5 }
+seeds = [1]
+
+[[ablations.variants]]
+name = "teacher input adv"
+params = { teacher_input = "adv" }
+'''
+    path = tmp_path / "abl.toml"
+    path.write_text(abl)
+    plan = load_profile(path).plan()
+    assert [p.cfg.seed for p in plan if p.ablation] == [1]
+    # the sweep's runs are the same with or without the ablations
+    plain = tmp_path / "plain.toml"
+    plain.write_text(SWEEP)
+    assert {p.run_id for p in load_profile(plain).plan()} <= {p.run_id for p in plan}
+    path.write_text(abl.replace("seeds = [1]", "seeds = [7]"))
+    with pytest.raises(ConfigError, match=r"ablations.seeds: \[7\] not among the profile's seeds"):
+        load_profile(path)
+
+
 def test_a_profile_anywhere_loads_and_is_told_from_a_run_config(tmp_path):
     copy = tmp_path / "elsewhere" / "p.toml"
     copy.parent.mkdir()
