@@ -3,7 +3,8 @@
 pending (nothing yet) / queued or running (where: a SLURM job, or a local worker's pid and host) /
 interrupted (its worker ended without finishing and without an error: killed, cancelled, timed out;
 the next invocation resumes it) / failed (an error; with the last lines of its log) / trained (not
-certified with the profile's current settings) / certified.
+certified with the profile's current settings) / certified / skipped (its dataset is not on this
+machine; ``reproduce`` would try to fetch it).
 """
 
 from __future__ import annotations
@@ -53,16 +54,33 @@ def run_status(run, certify) -> tuple[str, str]:
     return "pending", ""
 
 
+def _missing_data(profile) -> dict[str, str]:
+    """{dataset: why it is missing} for the profile's datasets not on this machine (nothing is downloaded)."""
+    from harness.data import DatasetUnavailableError, ensure_dataset
+
+    missing = {}
+    for ds in dict.fromkeys(s.dataset for s in profile.settings):
+        try:
+            ensure_dataset(ds, allow_download=False)
+        except DatasetUnavailableError as e:
+            missing[ds] = str(e)
+    return missing
+
+
 def print_status(profile_name: str | Path, runs_root: Path | None = None, lines: int = 3) -> int:
     """Print one line per run and a count per state; returns 0."""
     from harness.rundir import RunDir
 
     profile = load_profile(profile_name)
     runs_root = runs_root or RUNS
+    missing = _missing_data(profile)
     counts: dict[str, int] = {}
     for p in profile.plan():
         run = RunDir.of(p.cfg, runs_root)
         state, detail = run_status(run, profile.certify)
+        if state == "pending" and p.cfg.dataset in missing:
+            state, detail = "skipped", (f"no {p.cfg.dataset} data on this machine; `python -m harness data "
+                                        f"--dataset {p.cfg.dataset}` fetches it or says where to put it")
         counts[state] = counts.get(state, 0) + 1
         variant = f" [{p.variant}]" if p.variant else ""
         print(f"{state:11s} {p.run_id}{variant}" + (f"  ({detail})" if detail else ""))

@@ -175,3 +175,14 @@ def test_cli_stages_run_from_stored_records(smoke, tmp_path):
     assert r.returncode != 0 and "no run 'no-such-run'" in r.stderr
     r = _cli("reproduce", "--profile", "nope")
     assert r.returncode != 0 and "no profile 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_status_says_which_runs_lack_their_data(tmp_path, monkeypatch, capsys):
+    from harness.status import print_status
+
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "nowhere"))
+    assert print_status("cpu", runs_root=tmp_path / "runs") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    n = len(load_profile("cpu").plan())
+    assert lines[-1] == f"{n} skipped"
+    assert all(ln.startswith("skipped") and "python -m harness data --dataset" in ln for ln in lines[:-1])
