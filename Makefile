@@ -21,10 +21,13 @@ setup: $(SETUP_SENTINEL)
 data: setup
 	$(PY) -m harness data --dataset mnist --dataset fashion-mnist
 
-EXECUTOR ?= inline
+# auto: inline on a GPU; on a CPU one worker per core, one torch thread each (the committed results'
+# setting: the same numbers whatever the number of cores). WORKERS=N sets the local executor's count.
+EXECUTOR ?= auto
+WORKERS ?=
 
 reproduce: setup
-	$(PY) -m harness reproduce --profile $(PROFILE) --executor $(EXECUTOR)
+	$(PY) -m harness reproduce --profile $(PROFILE) --executor $(EXECUTOR) $(if $(WORKERS),--workers $(WORKERS))
 
 tables: setup
 	$(PY) -m harness tables

@@ -91,11 +91,20 @@ def _slurm_overrides(args: argparse.Namespace) -> dict:
     return {k: getattr(args, f"slurm_{k}") for k in keys if getattr(args, f"slurm_{k}", None) is not None}
 
 
+def auto_executor(device: str) -> str:
+    """``--executor auto``: one process on a GPU (its runs share the device), else a worker per core with
+    one torch thread each, so that the numbers do not depend on how many cores the machine has."""
+    from harness.device import resolve_device
+
+    return "inline" if resolve_device(device).type == "cuda" else "local"
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from harness.pipeline import reproduce
 
+    executor = auto_executor(args.device) if args.executor == "auto" else args.executor
     return reproduce(args.profile, device=args.device, runs_root=_opt(args.runs), results_dir=_opt(args.results),
-                     plots_dir=_opt(args.plots), executor=args.executor, workers=args.workers, threads=args.threads,
+                     plots_dir=_opt(args.plots), executor=executor, workers=args.workers, threads=args.threads,
                      poll_s=args.poll, slurm_overrides=_slurm_overrides(args), train_only=args.train_only)
 
 
@@ -196,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("reproduce", help="data, training, certification, tables and figures of a profile")
     r.add_argument("--profile", default="cpu", help="smoke, cpu, tradeoff, paper (benchmarks/<name>.toml) or a path")
-    r.add_argument("--executor", default="inline", choices=EXECUTORS,
-                   help="inline (this process), local (worker processes) or slurm (one job per run, submitit)")
+    r.add_argument("--executor", default="inline", choices=(*EXECUTORS, "auto"),
+                   help="inline (this process), local (worker processes), slurm (one job per run, submitit) or "
+                        "auto (inline on a GPU, else local; make reproduce's default)")
     r.add_argument("--workers", type=int, help="local executor: worker processes (default: CPU cores)")
     r.add_argument("--threads", type=int, help="CPU threads per run (default: cores / workers; inline: torch's)")
     r.add_argument("--train-only", action="store_true", help="train what is not trained; certify nothing yet")

@@ -126,3 +126,11 @@ def test_a_claimed_run_is_refused_to_a_second_worker_and_freed_when_its_holder_d
         assert job_record(run)["state"] == "running"
     rec = json.loads((run.path / "job.json").read_text())
     assert rec["state"] == "done" and rec["executor"] == "inline" and rec["pid"] == os.getpid()
+
+
+def test_auto_executor_is_local_on_a_cpu_and_make_reproduce_uses_it():
+    from harness.cli import auto_executor
+
+    assert auto_executor("cpu") == "local"
+    make = subprocess.run(["make", "-n", "reproduce"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "--executor auto" in make
