@@ -129,6 +129,18 @@ def test_certifier_not_run_is_empty_not_zero():
     assert s["cert_ibp"] == 50.0 and pd.isna(s["cert_crown"]) and pd.isna(s["cert_alpha_crown"])
 
 
+def test_robust_bounds_cover_the_whole_test_set_past_every_budget():
+    # four samples: certified by IBP; certified by the MILP (its budget reached it); undecided past the
+    # MILP's budget; broken by AutoAttack
+    s = summarize(pd.DataFrame({
+        "index": [0, 1, 2, 3], "label": [1] * 4, "clean_pred": [1] * 4, "pgd_robust": [True] * 4,
+        "cert_ibp": [1.0, 0.0, 0.0, 0.0], "cert_lirpa_ibp": [1.0, 0.0, 0.0, 0.0],
+        "cert_complete": [1.0, 1.0, float("nan"), float("nan")], "aa_robust": [1.0, 1.0, 1.0, 0.0],
+        "complete": [None, "verified", None, None]}))
+    assert s["cert_complete"] == 100.0  # a budgeted stage's own column: over the prefix it covered
+    assert (s["robust_lower"], s["robust_upper"], s["unknown"]) == (50.0, 75.0, 25.0)  # over all four
+
+
 def test_tables_rebuild_from_records_only(smoke, tmp_path):
     dirs, _, _ = smoke
     build_tables(["smoke"], runs_root=dirs["runs_root"], results_dir=tmp_path, log=lambda *_: None)
