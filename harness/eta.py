@@ -162,23 +162,38 @@ def estimate(cfgs: list[RunConfig], device: torch.device, runs_root: Path, threa
 
 
 class Progress:
-    """ETA over a set of weighted units of work (expected seconds each), from the pace so far."""
+    """ETA of a set of jobs, each training (expected seconds, 0 when already trained) and certifying.
 
-    def __init__(self, weights: dict[str, float]) -> None:
-        self.weights = dict(weights)
-        self.total = sum(self.weights.values())
-        self.done_weight = 0.0
+    Training's remainder is scaled by the pace of the trainings so far (measured against their
+    expectation); certification's by the mean certification time so far. Both are divided by the number
+    of workers that run jobs side by side.
+    """
+
+    def __init__(self, train_expected: dict[str, float], certify: set[str] | frozenset = frozenset(),
+                 workers: int = 1) -> None:
+        self.train = dict(train_expected)
+        self.certify = set(certify)
+        self.workers = max(1, workers)
+        self.expected_done = self.actual_done = 0.0
+        self.cert_seconds: list[float] = []
         self.start = time.perf_counter()
 
-    def finish(self, key: str) -> None:
-        self.done_weight += self.weights.pop(key, 0.0)
+    def finish(self, key: str, train_s: float = 0.0, certify_s: float = 0.0) -> None:
+        expected = self.train.pop(key, 0.0)
+        if expected > 0 and train_s > 0:
+            self.expected_done += expected
+            self.actual_done += train_s
+        if key in self.certify:
+            self.certify.discard(key)
+            if certify_s > 0:
+                self.cert_seconds.append(certify_s)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     def eta(self) -> float:
-        """Seconds left: the expected remainder, scaled by how fast the finished part went."""
-        remaining = sum(self.weights.values())
-        if self.done_weight <= 0:
-            return remaining
-        return remaining * self.elapsed() / self.done_weight
+        """Seconds left (0 for certification until one has been measured)."""
+        pace = self.actual_done / self.expected_done if self.expected_done > 0 else 1.0
+        train_left = sum(self.train.values()) * pace
+        cert_left = len(self.certify) * sum(self.cert_seconds) / len(self.cert_seconds) if self.cert_seconds else 0.0
+        return (train_left + cert_left) / self.workers

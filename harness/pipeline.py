@@ -77,24 +77,27 @@ def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_
     weights: dict[str, float] = {p.run_id: 0.0 for p in todo}
     ex = make_executor(executor, workers=workers, threads=threads, slurm=profile.slurm, certify=profile.certify,
                        poll_s=poll_s, log=log)
+    n_workers = getattr(ex, "workers", 1)
     if executor != "slurm" and to_train:
         dev = resolve_device(device)
         per_run = estimate([p.cfg for p in to_train], dev, runs_root, threads=getattr(ex, "threads", None))
+        weights.update(per_run)
         # runs in parallel share the machine: the wall time is about the total over the workers
-        weights.update({k: v / getattr(ex, "workers", 1) for k, v in per_run.items()})
-        log(f"{line}; expected training time about {fmt_duration(sum(weights.values()))} on this machine "
+        log(f"{line}; expected training time about {fmt_duration(sum(weights.values()) / n_workers)} on this machine "
             f"({_where(executor, workers, threads)}; + certification)")
     else:
         log(line)
     specs = [JobSpec.of(p, profile.certify, runs_root, device=device) for p in todo]
     if train_only:
         specs = [replace(s, certify=None) for s in specs]
-    progress = Progress({k: v + 1.0 for k, v in weights.items()})  # +1: certification-only jobs count too
+    progress = Progress(weights, certify={s.run_id for s in specs if s.certify is not None}, workers=n_workers)
     counts = {"done": 0, "failed": 0}
 
     def on_done(out: Outcome) -> None:
         counts["done" if out.ok else "failed"] += 1
-        progress.finish(out.spec.run_id)
+        r = out.result if out.ok else None
+        progress.finish(out.spec.run_id, train_s=getattr(r, "train_s", 0.0) or 0.0,
+                        certify_s=getattr(r, "certify_s", 0.0) or 0.0)
         n = counts["done"] + counts["failed"]
         head = f"[{n}/{len(specs)}] {out.spec.run_id}"
         if out.ok and out.result.summary is None:

@@ -41,9 +41,12 @@ def test_without_records_a_few_steps_are_timed_on_the_device(tmp_path):
 
 
 def test_progress_eta_scales_the_remaining_work_by_the_pace_so_far():
-    p = Progress({"a": 10.0, "b": 30.0})
-    assert p.eta() == 40.0
-    p.start -= 20.0  # 20 s elapsed for the 10 s job: twice as slow as expected
-    p.finish("a")
-    assert p.eta() == pytest.approx(60.0, rel=0.01)
+    p = Progress({"a": 10.0, "b": 30.0, "c": 0.0}, certify={"a", "b", "c"})
+    assert p.eta() == 40.0  # no certification measured yet
+    p.finish("a", train_s=20.0, certify_s=5.0)  # twice as slow as expected; certification 5 s a job
+    assert p.eta() == pytest.approx(2 * 30.0 + 2 * 5.0)
+    p.finish("c", certify_s=15.0)  # certification only: the mean certification time becomes 10 s
+    assert p.eta() == pytest.approx(60.0 + 10.0)
+    two = Progress({"a": 10.0, "b": 30.0}, workers=2)  # side by side: half the wall time
+    assert two.eta() == 20.0
     assert fmt_duration(3725) == "1h02m" and fmt_duration(247) == "4m07s" and fmt_duration(12.4) == "12s"
