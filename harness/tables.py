@@ -186,7 +186,7 @@ def readme_results_table(agg: pd.DataFrame, profile: Profile) -> str:
     cs = profile.certify
     head = ["dataset", "eps", "method", "clean", f"PGD-{cs.pgd_steps}", "IBP + CROWN-IBP",
             "robust accuracy (certified to not broken)", "unknown"]
-    variant = agg["variant"].fillna("") if "variant" in agg else ""
+    variant = agg["variant"].astype(object).fillna("") if "variant" in agg else ""
     mine = agg[(agg["profile"] == profile.name) & (variant == "")]
 
     def pm(r, c: str) -> str:
