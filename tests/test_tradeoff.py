@@ -120,3 +120,23 @@ def test_sweep_figures_are_written(sweep):
     names = sorted(p.name for p in (dirs["plots_dir"] / "tiny-sweep").glob("*.png"))
     assert "pareto_mnist_eps0.1.png" in names and "paired_mnist_eps0.1.png" in names
     assert "tradeoff_mnist_eps0.1.png" not in names  # the Pareto figure replaces it for a sweep
+
+
+def test_tables_and_figures_from_a_sweep_still_running(sweep, tmp_path):
+    """Before any AD-CERT run has finished there is no pair yet: the tables and the Pareto figure are
+    built from what has finished, and the paired figure waits."""
+    import shutil
+
+    from harness.plots import build_figures
+    from harness.tables import build_tables
+
+    profile, dirs = sweep
+    runs = tmp_path / "runs"
+    for p in profile.plan():
+        if p.cfg.method != "ad_cert":
+            shutil.copytree(dirs["runs_root"] / p.run_id, runs / p.run_id)
+    build_tables([profile], runs_root=runs, results_dir=tmp_path / "results", log=lambda *_: None)
+    written = build_figures([profile], results_dir=tmp_path / "results", plots_dir=tmp_path / "plots",
+                            runs_root=runs, log=lambda *_: None)
+    names = {p.name for p in written}
+    assert "pareto_mnist_eps0.1.png" in names and "paired_mnist_eps0.1.png" not in names

@@ -84,7 +84,10 @@ def _sweep_figures(profile, name: str, results_dir: Path, summary: pd.DataFrame,
             return []  # a profile from elsewhere, not named here: its tables stand, its sweep figures wait
     items = run_items(profile, summary)
     costs = pd.read_csv(costs_path, dtype={"variant": str}).fillna({"variant": ""})
-    paired = pd.read_csv(results_dir / name / "paired.csv")
+    try:
+        paired = pd.read_csv(results_dir / name / "paired.csv")
+    except pd.errors.EmptyDataError:  # no pair has finished yet: the Pareto figure still stands
+        paired = pd.DataFrame()
     out = []
     for s in profile.settings:
         setting = f"{s.dataset} eps {s.eps_label}"
