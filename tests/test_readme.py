@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
 
@@ -60,3 +62,11 @@ def test_readme_speed_table_is_the_committed_benchmark():
     from harness.bench.train import README_BEGIN, README_END, readme_speed_table
 
     assert shown_between(README_BEGIN, README_END) == readme_speed_table(committed_csv("results/bench_train.csv"))
+
+
+@pytest.mark.parametrize("name", ["paired", "hypervolume", "ablations"])
+def test_readme_tradeoff_tables_are_the_committed_ones(name):
+    from harness.tradeoff import readme_markers, readme_table
+
+    begin, end = readme_markers(name)
+    assert shown_between(begin, end) == readme_table(name, committed_csv(f"results/tradeoff/{name}.csv"))

@@ -79,7 +79,7 @@ def pareto_plot(items: list[dict], costs: pd.DataFrame, published: pd.DataFrame,
     ax.set_title(f"{setting}: trade-off curves over alpha (numbers: alpha)\nmean and 95% t-interval over seeds; "
                  f"up and right is better")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the curves fill the corners
     save_figure(fig, path)
 
 
