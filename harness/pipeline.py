@@ -30,14 +30,15 @@ def plan_state(profile: Profile, runs_root: Path) -> dict[str, str]:
     return out
 
 
-def available_datasets(profile: Profile, log: Callable[[str], None]) -> tuple[set[str], dict[str, str]]:
-    """(datasets that are here or could be fetched, {dataset: why not} for the others)."""
+def available_datasets(profile: Profile, log: Callable[[str], None] = lambda _: None, *,
+                       allow_download: bool = True) -> tuple[set[str], dict[str, str]]:
+    """(datasets that are here, or could be fetched when ``allow_download``; {dataset: why not} for the others)."""
     from harness.data import DatasetUnavailableError, ensure_dataset
 
     ok, skipped = set(), {}
     for ds in dict.fromkeys(s.dataset for s in profile.settings):
         try:
-            ensure_dataset(ds)
+            ensure_dataset(ds, allow_download=allow_download)
             ok.add(ds)
         except DatasetUnavailableError as e:
             skipped[ds] = str(e)

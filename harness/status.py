@@ -44,7 +44,7 @@ def run_status(run, certify) -> tuple[str, str]:
             state, where = live[str(rec["job_id"])]
             return ("running" if state == "RUNNING" else "queued"), f"slurm job {rec['job_id']} {state} {where}"
     if rec.get("state") == "failed":
-        return "failed", (rec.get("error") or "").splitlines()[-1][:300] if rec.get("error") else "see its log"
+        return "failed", rec["error"].splitlines()[-1][:300] if rec.get("error") else "see its log"
     if run.finished:
         return "trained", "not certified with the profile's current settings"
     if run.checkpoint.exists() or rec.get("state") in ("running", "submitted"):
@@ -54,26 +54,14 @@ def run_status(run, certify) -> tuple[str, str]:
     return "pending", ""
 
 
-def _missing_data(profile) -> dict[str, str]:
-    """{dataset: why it is missing} for the profile's datasets not on this machine (nothing is downloaded)."""
-    from harness.data import DatasetUnavailableError, ensure_dataset
-
-    missing = {}
-    for ds in dict.fromkeys(s.dataset for s in profile.settings):
-        try:
-            ensure_dataset(ds, allow_download=False)
-        except DatasetUnavailableError as e:
-            missing[ds] = str(e)
-    return missing
-
-
 def print_status(profile_name: str | Path, runs_root: Path | None = None, lines: int = 3) -> int:
     """Print one line per run and a count per state; returns 0."""
+    from harness.pipeline import available_datasets
     from harness.rundir import RunDir
 
     profile = load_profile(profile_name)
     runs_root = runs_root or RUNS
-    missing = _missing_data(profile)
+    _, missing = available_datasets(profile, allow_download=False)  # status never downloads
     counts: dict[str, int] = {}
     for p in profile.plan():
         run = RunDir.of(p.cfg, runs_root)
