@@ -42,7 +42,7 @@ from harness.device import device_name, exact_arithmetic, peak_memory_gib, reset
 from harness.rundir import RunDir, atomic_write_text, write_json
 
 __all__ = ["CERTIFIERS", "InvariantError", "budgeted", "certify_paths", "certify_run", "check_invariants", "col",
-           "covered_key", "is_certified", "margin_col", "summarize"]
+           "covered_key", "gap_col", "is_certified", "margin_col", "summarize"]
 
 
 def _broken(df: pd.DataFrame) -> pd.Series:
@@ -194,6 +194,11 @@ def summarize(df: pd.DataFrame) -> dict[str, float]:
 
 #: The stages of the gap figure: after each, the best certificate and the best attack so far.
 GAP_STAGES = ("ibp", "crown-ibp", "crown", "alpha-crown", "autoattack", "complete")
+
+
+def gap_col(stage: str) -> str:
+    """The summary column of :func:`stage_gaps`' value after ``stage``, e.g. ``gap_crown_ibp``."""
+    return "gap_" + stage.replace("-", "_")
 
 
 def stage_gaps(df: pd.DataFrame) -> dict[str, float]:

@@ -310,14 +310,14 @@ def _setting_plan(profile: Profile, s: Setting, seed: int) -> list[PlannedRun]:
     ablations = profile.ablations
     if ablations is not None and "ad_cert" in s.methods and (ablations.seeds is None or seed in ablations.seeds):
         ad = s.method_params.get("ad_cert", {})
-        base_params = {**ad, **profile.ablations.base}
+        base_params = {**ad, **ablations.base}
         unset = [k for k, v in base_params.items() if isinstance(v, list)]
         if unset:
             raise ConfigError(f"{where}: ablations.base must fix the swept ad_cert parameter(s) {', '.join(unset)}")
         base_run = config("ad_cert", base_params, teacher=teacher_id)
-        plan.append(PlannedRun(base_run, s, tuple((k, profile.ablations.base[k]) for k in profile.ablations.base
+        plan.append(PlannedRun(base_run, s, tuple((k, ablations.base[k]) for k in ablations.base
                                                   if isinstance(ad.get(k), list))))
-        for v in profile.ablations.variants:
+        for v in ablations.variants:
             teacher = teacher_id
             if v.teacher or v.teacher_params:
                 pgd = s.method_params.get("pgd", {})

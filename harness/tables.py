@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.certify import (CERTIFIERS, GAP_STAGES, certify_paths, check_invariants, col, covered_key, stage_gaps,
-                             summarize)
+from harness.certify import (CERTIFIERS, GAP_STAGES, certify_paths, check_invariants, col, covered_key, gap_col,
+                             stage_gaps, summarize)
 from harness.config import BENCHMARKS, REPO, RUNS, Profile, load_profile
 from harness.rundir import RunDir, atomic_write_text, remove_stale_temporaries
 
@@ -40,7 +40,7 @@ TIME_COLUMNS = ("train_time_s", "teacher_time_s", "cert_time_s") + tuple(
     f"time_{s.replace('-', '_')}_s" for s in TIMED_STAGES)
 SUMMARY_COLUMNS = KEYS + ["status", "n_test"] + ACC_COLUMNS + [covered_key(s) for s in COVERED] + [
     "counterexamples", "complete_unknown", "epochs"] + list(TIME_COLUMNS) + [
-    f"gap_{s.replace('-', '_')}" for s in GAP_STAGES] + ["run_id", "certify_key"]
+    gap_col(s) for s in GAP_STAGES] + ["run_id", "certify_key"]
 
 
 def dataset_unavailable(name: str) -> str | None:
@@ -72,7 +72,7 @@ def profile_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
             meta = json.loads(meta_path.read_text())
             manifest = run.read_manifest()
             row.update(summarize(df))
-            row.update({f"gap_{s.replace('-', '_')}": g for s, g in stage_gaps(df).items()})
+            row.update({gap_col(s): g for s, g in stage_gaps(df).items()})
             row.update({"status": "ok", **{covered_key(s): meta.get(covered_key(s), 0) for s in COVERED},
                         "train_time_s": manifest.get("train_time_s"),
                         "teacher_time_s": manifest.get("teacher_train_time_s"),

@@ -122,10 +122,10 @@ def training_curves_plot(summary: pd.DataFrame, runs_root: Path, dataset: str, e
 
 def gap_plot(summary: pd.DataFrame, runs_root: Path, dataset: str, eps_label: str, path: Path) -> bool:
     """Per run, the gap between the best attack and the best certificate after each cascade stage."""
-    from harness.certify import GAP_STAGES
+    from harness.certify import GAP_STAGES, gap_col
 
     ok = summary[(summary["status"] == "ok") & (summary["dataset"] == dataset) & (summary["eps_label"] == eps_label)]
-    cols = [f"gap_{s.replace('-', '_')}" for s in GAP_STAGES]
+    cols = [gap_col(s) for s in GAP_STAGES]
     if ok.empty or not all(c in ok for c in cols):
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
