@@ -46,11 +46,11 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from harness.config import RUNS, load_profile
     from harness.rundir import RunDir
 
-    settings = load_profile(args.profile).certify
     path = Path(args.run)
     run = RunDir(path if path.is_dir() else (Path(args.runs) if args.runs else RUNS) / args.run)
     if not run.config.exists():
         return _err(f"no run {args.run!r} (looked for {run.config})")
+    settings = load_profile(args.profile).certify_for(run.path.name)  # its setting's, if the profile plans it
     df = certify_run(run, settings, device=args.device, force=args.force)
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in summarize(df).items()}))
     return 0

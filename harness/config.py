@@ -199,6 +199,7 @@ class Setting:
     methods: tuple[str, ...]
     run: dict[str, Any]                     # RunConfig fields shared by the methods of this setting
     method_params: dict[str, dict[str, Any]]   # values may be lists: a sweep
+    certify: CertifySettings | None = None  # the profile's [certify] with this setting's own values (None: as is)
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,16 @@ class Profile:
     def runs(self) -> list[RunConfig]:
         """The run configs of :meth:`plan`, in its order."""
         return [p.cfg for p in self.plan()]
+
+    def certify_for(self, which: "PlannedRun | Setting | str") -> CertifySettings:
+        """How a run of this profile is certified: its setting's ``certify`` table over ``[certify]``.
+
+        ``which``: a planned run, a setting, or a run id (a run not in the plan gets ``[certify]``).
+        """
+        if isinstance(which, str):
+            which = next((p for p in self.plan() if p.run_id == which), None)
+        setting = which.setting if isinstance(which, PlannedRun) else which
+        return setting.certify if setting is not None and setting.certify is not None else self.certify
 
 
 def _expand(params: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[tuple[str, Any], ...]]]:
@@ -346,15 +357,20 @@ def load_profile(name_or_path: str | Path) -> Profile:
     data = raw.model_dump(exclude_unset=True)
     defaults = data.get("defaults", {})
     methods_table = data.get("methods", {})
+    certify = CertifySettings.from_dict(data.get("certify", {}), f"{path}: certify")
     settings = []
-    for s in data["settings"]:
+    for i, s in enumerate(data["settings"]):
         s = dict(s)
         eps = s.pop("eps")
         label = eps if isinstance(eps, str) else f"{float(eps):g}"
         dataset, methods = s.pop("dataset"), tuple(s.pop("methods"))
         overrides = s.pop("methods_params", {})
         params = {m: {**methods_table.get(m, {}), **overrides.get(m, {})} for m in methods}
-        settings.append(Setting(dataset, eps_value(eps), label.replace(" ", ""), methods, {**defaults, **s}, params))
+        own = s.pop("certify", {})  # only the keys the setting sets; [certify] gives the others
+        cert = CertifySettings.from_dict({**data.get("certify", {}), **own}, f"{path}: settings[{i}].certify") \
+            if own else certify
+        settings.append(Setting(dataset, eps_value(eps), label.replace(" ", ""), methods, {**defaults, **s}, params,
+                                cert))
     meta = data.get("profile", {})
     ablations = None
     if "ablations" in data:
@@ -371,8 +387,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
             raise ConfigError(f"{path}: ablations.variants: names must not repeat")
     profile = Profile(
         name=meta.get("name", path.stem), description=meta.get("description", ""),
-        seeds=tuple(meta.get("seeds", [0])), settings=tuple(settings),
-        certify=CertifySettings.from_dict(data.get("certify", {}), f"{path}: certify"),
+        seeds=tuple(meta.get("seeds", [0])), settings=tuple(settings), certify=certify,
         slurm=SlurmSettings(**data.get("slurm", {})), ablations=ablations, path=path.resolve(),
     )
     profile.plan()  # validate every run now, before any work

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from harness.config import CertifySettings, SlurmSettings
+from harness.config import SlurmSettings
 from harness.jobs import JobResult, JobSpec, file_logger, run_job, set_threads
 
 EXECUTORS = ("inline", "local", "slurm")
@@ -214,9 +214,8 @@ class SlurmExecutor:
 
     name = "slurm"
 
-    def __init__(self, settings: SlurmSettings, certify: CertifySettings, poll_s: float = 10.0,
-                 log: Callable[[str], None] = print) -> None:
-        self.settings, self.certify, self.poll_s, self.log = settings, certify, poll_s, log
+    def __init__(self, settings: SlurmSettings, poll_s: float = 10.0, log: Callable[[str], None] = print) -> None:
+        self.settings, self.poll_s, self.log = settings, poll_s, log
 
     def _executor(self, folder: Path, name: str, dependency: str | None):
         import submitit
@@ -247,7 +246,7 @@ class SlurmExecutor:
         jobs: dict[str, str] = {}
         for spec in specs:
             run = RunDir(Path(spec.runs_root) / spec.run_id)
-            if run.finished and is_certified(run, self.certify):
+            if run.finished and is_certified(run, spec.certify_settings()):
                 continue
             rec = recorded[spec.run_id]
             if rec.get("executor") == "slurm" and str(rec.get("job_id")) in live:
@@ -274,8 +273,8 @@ class SlurmExecutor:
             live = squeue_states(list(jobs.values()))
             for rid, spec in list(remaining.items()):
                 run = RunDir(Path(spec.runs_root) / rid)
-                if run.finished and is_certified(run, self.certify):
-                    df = certify_run(run, self.certify, log=self.log)  # reads the records; no work
+                if run.finished and is_certified(run, spec.certify_settings()):
+                    df = certify_run(run, spec.certify_settings(), log=self.log)  # reads the records; no work
                     out = Outcome(spec, JobResult(rid, summarize(df), 0.0, 0.0))
                 elif spec.teacher in failed:
                     out = Outcome(spec, error=f"not run: its teacher {spec.teacher} failed")
@@ -312,7 +311,7 @@ def _why(run) -> str:
 
 
 def make_executor(name: str, *, workers: int | None = None, threads: int | None = None,
-                  slurm: SlurmSettings | None = None, certify: CertifySettings | None = None,
+                  slurm: SlurmSettings | None = None,
                   poll_s: float = 10.0, log: Callable[[str], None] = print):
     """The executor called ``name`` (see :data:`EXECUTORS`)."""
     if name == "inline":
@@ -320,5 +319,5 @@ def make_executor(name: str, *, workers: int | None = None, threads: int | None 
     if name == "local":
         return LocalExecutor(workers or os.cpu_count() or 1, threads, log)
     if name == "slurm":
-        return SlurmExecutor(slurm or SlurmSettings(), certify or CertifySettings(), poll_s, log)
+        return SlurmExecutor(slurm or SlurmSettings(), poll_s, log)
     raise ValueError(f"unknown executor {name!r}; known: {', '.join(EXECUTORS)}")

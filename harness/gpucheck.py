@@ -81,7 +81,7 @@ def _stage_paper_slice(device: str, out: Path, epochs: int, tiny: bool, log) -> 
     for p in profile.plan():
         run = RunDir.of(p.cfg, runs)
         metrics = run.read_metrics()
-        meta_path = certify_paths(run, profile.certify)[1]
+        meta_path = certify_paths(run, profile.certify_for(p))[1]
         cert = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         manifest = run.read_manifest()
         per_run.append({

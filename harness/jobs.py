@@ -37,6 +37,10 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def certify_settings(self) -> CertifySettings | None:
+        """The certification settings this job applies (None: it trains only)."""
+        return CertifySettings.from_dict(self.certify, source=f"job {self.run_id}") if self.certify else None
+
 
 @dataclass
 class JobResult:
@@ -72,7 +76,7 @@ def _run_job(spec: JobSpec, log: Callable[[str], None]) -> JobResult:
     from harness.train import train
 
     cfg = RunConfig.from_dict(spec.config, source=f"job {spec.run_id}")
-    settings = CertifySettings.from_dict(spec.certify, source=f"job {spec.run_id}") if spec.certify else None
+    settings = spec.certify_settings()
     root = Path(spec.runs_root)
     run = RunDir.of(cfg, root)
     job_id = os.environ.get("SLURM_JOB_ID")

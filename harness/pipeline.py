@@ -25,7 +25,7 @@ def plan_state(profile: Profile, runs_root: Path) -> dict[str, str]:
     out = {}
     for p in profile.plan():
         run = RunDir.of(p.cfg, runs_root)
-        out[p.run_id] = ("certified" if is_certified(run, profile.certify) else "trained") if run.finished \
+        out[p.run_id] = ("certified" if is_certified(run, profile.certify_for(p)) else "trained") if run.finished \
             else "todo"
     return out
 
@@ -76,8 +76,7 @@ def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_
     line = (f"{len(profile.plan())} runs in the plan, {n_skipped} skipped (data missing), "
             f"{len(plan) - len(todo)} done, {len(to_train)} to train, {len(todo) - len(to_train)} to certify")
     weights: dict[str, float] = {p.run_id: 0.0 for p in todo}
-    ex = make_executor(executor, workers=workers, threads=threads, slurm=profile.slurm, certify=profile.certify,
-                       poll_s=poll_s, log=log)
+    ex = make_executor(executor, workers=workers, threads=threads, slurm=profile.slurm, poll_s=poll_s, log=log)
     n_workers = getattr(ex, "workers", 1)
     if executor != "slurm" and to_train:
         dev = resolve_device(device)
@@ -88,7 +87,7 @@ def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_
             f"({_where(executor, workers, threads)}; + certification)")
     else:
         log(line)
-    specs = [JobSpec.of(p, profile.certify, runs_root, device=device) for p in todo]
+    specs = [JobSpec.of(p, profile.certify_for(p), runs_root, device=device) for p in todo]
     if train_only:
         specs = [replace(s, certify=None) for s in specs]
     progress = Progress(weights, certify={s.run_id for s in specs if s.certify is not None}, workers=n_workers)

@@ -201,6 +201,8 @@ def profile_model() -> type[BaseModel]:
                        Field(union_mode="left_to_right")], ...),
         methods=(Annotated[list[method_name], Field(min_length=1)], ...),
         methods_params=(methods_table_model(True) | None, None),
+        # this setting's own certification values (e.g. budgets per dataset); [certify] gives the rest
+        certify=(model_of(CertifySettings, "setting_certify", optional=True) | None, None),
     )
 
     teacher_options = model_of(RunConfig, "teacher_options", only=("train_eps_factor", "epochs", "init"),

@@ -65,7 +65,7 @@ def print_status(profile_name: str | Path, runs_root: Path | None = None, lines:
     counts: dict[str, int] = {}
     for p in profile.plan():
         run = RunDir.of(p.cfg, runs_root)
-        state, detail = run_status(run, profile.certify)
+        state, detail = run_status(run, profile.certify_for(p))
         if state == "pending" and p.cfg.dataset in missing:
             state, detail = "skipped", (f"no {p.cfg.dataset} data on this machine; `python -m harness data "
                                         f"--dataset {p.cfg.dataset}` fetches it or says where to put it")

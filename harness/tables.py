@@ -64,8 +64,8 @@ def profile_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
         run = RunDir.of(cfg, runs_root)
         row = {"profile": profile.name, "dataset": cfg.dataset, "eps": cfg.eps, "eps_label": p.setting.eps_label,
                "method": cfg.method, "variant": p.variant, "arch": cfg.arch, "seed": cfg.seed, "epochs": cfg.epochs,
-               "run_id": cfg.run_id, "certify_key": profile.certify.key}
-        csv_path, meta_path = certify_paths(run, profile.certify)
+               "run_id": cfg.run_id, "certify_key": profile.certify_for(p).key}
+        csv_path, meta_path = certify_paths(run, profile.certify_for(p))
         if meta_path.exists() and csv_path.exists():
             df = pd.read_csv(csv_path)
             check_invariants(df, where=f"run {cfg.run_id}")
@@ -183,8 +183,9 @@ def readme_results_table(agg: pd.DataFrame, profile: Profile) -> str:
     counterexamples); "unknown" is the gap (0: the exact robust accuracy). ``tests/test_readme.py``
     checks that the README shows exactly this table for the committed results.
     """
-    cs = profile.certify
-    head = ["dataset", "eps", "method", "clean", f"PGD-{cs.pgd_steps}", "IBP + CROWN-IBP",
+    steps = {profile.certify_for(s).pgd_steps for s in profile.settings}
+    pgd = f"PGD-{steps.pop()}" if len(steps) == 1 else "PGD"  # settings may set their own steps
+    head = ["dataset", "eps", "method", "clean", pgd, "IBP + CROWN-IBP",
             "robust accuracy (certified to not broken)", "unknown"]
     variant = agg["variant"].astype(object).fillna("") if "variant" in agg else ""
     mine = agg[(agg["profile"] == profile.name) & (variant == "")]

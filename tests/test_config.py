@@ -172,3 +172,47 @@ def test_a_profile_anywhere_loads_and_is_told_from_a_run_config(tmp_path):
     neither.write_text("x = 1\n")
     with pytest.raises(ConfigError, match="neither a profile"):
         load_any(neither)
+
+
+SETTING_CERTIFY = '''[profile]
+name = "per-setting"
+seeds = [0]
+
+[defaults]
+epochs = 1
+
+[certify]
+n_test = 200
+complete_samples = 60
+autoattack_samples = 10
+
+[[settings]]
+dataset = "mnist"
+eps = 0.1
+methods = ["pgd", "ibp", "ad_cert"]
+
+[[settings]]
+dataset = "mnist"
+eps = 0.3
+methods = ["pgd", "ibp", "ad_cert"]
+certify = { complete_samples = 0, n_test = 100 }
+'''
+
+
+def test_a_setting_may_set_its_own_certification_values_over_the_profiles(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(SETTING_CERTIFY)
+    profile = load_profile(path)
+    first, second = profile.settings
+    assert profile.certify_for(first) == profile.certify  # nothing of its own: [certify] as it is
+    own = profile.certify_for(second)
+    assert (own.complete_samples, own.n_test, own.autoattack_samples) == (0, 100, 10)  # the rest from [certify]
+    for p in profile.plan():
+        expected = own if p.cfg.eps == 0.3 else profile.certify
+        assert profile.certify_for(p) == profile.certify_for(p.run_id) == expected
+    assert profile.certify_for("mnist-0.1-ibp-not-in-the-plan") == profile.certify
+    assert own.key != profile.certify.key  # its records go to their own certify-<key> files
+    # the runs themselves do not depend on how they are certified
+    plain = tmp_path / "plain.toml"
+    plain.write_text(SETTING_CERTIFY.replace("certify = { complete_samples = 0, n_test = 100 }\n", ""))
+    assert [p.run_id for p in load_profile(plain).plan()] == [p.run_id for p in profile.plan()]

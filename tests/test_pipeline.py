@@ -198,3 +198,30 @@ def test_status_says_which_runs_lack_their_data(tmp_path, monkeypatch, capsys):
     n = len(load_profile("cpu").plan())
     assert lines[-1] == f"{n} skipped"
     assert all(ln.startswith("skipped") and "python -m harness data --dataset" in ln for ln in lines[:-1])
+
+
+def test_a_settings_own_certification_values_are_applied_and_tabled(smoke, tmp_path):
+    """A setting's ``certify`` table over ``[certify]``: its runs are certified (again, no training)
+    with the merged values, into their own records, and the tables point at those."""
+    import shutil
+
+    from harness.config import BENCHMARKS
+
+    dirs, _, _ = smoke
+    runs = tmp_path / "runs"
+    shutil.copytree(dirs["runs_root"], runs)
+    path = tmp_path / "smoke-own.toml"
+    text = (BENCHMARKS / "smoke.toml").read_text().replace('name = "smoke"', 'name = "smoke-own"')
+    path.write_text(text + 'certify = { n_test = 60, crown_samples = 0, alpha_crown_samples = 0 }\n')
+    profile = load_profile(path)
+    own = profile.certify_for(profile.settings[0])
+    assert (own.n_test, own.crown_samples, own.pgd_steps) == (60, 0, 10)
+    logs: list[str] = []
+    assert reproduce(path, device="cpu", threads=1, runs_root=runs, results_dir=tmp_path / "results",
+                     plots_dir=tmp_path / "plots", log=logs.append) == 0
+    assert any("0 to train, 5 to certify" in line for line in logs), logs[:3]
+    summary = pd.read_csv(tmp_path / "results" / "smoke-own" / "summary.csv")
+    assert set(summary["certify_key"]) == {own.key} != {load_profile("smoke").certify.key}
+    assert set(summary["n_test"]) == {60} and set(summary["n_crown"]) == {0}
+    for p in profile.plan():
+        assert certify_paths(RunDir.of(p.cfg, runs), own)[0].exists()
