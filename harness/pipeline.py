@@ -84,7 +84,7 @@ def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_
         weights.update(per_run)
         # runs in parallel share the machine: the wall time is about the total over the workers
         log(f"{line}; expected training time about {fmt_duration(sum(weights.values()) / n_workers)} on this machine "
-            f"({_where(executor, workers, threads)}; + certification)")
+            f"({_where(executor, n_workers, threads)}; + certification)")
     else:
         log(line)
     specs = [JobSpec.of(p, profile.certify_for(p), runs_root, device=device) for p in todo]
