@@ -272,9 +272,9 @@ class SlurmExecutor:
         while remaining:
             live = squeue_states(list(jobs.values()))
             for rid, spec in list(remaining.items()):
-                run = RunDir(Path(spec.runs_root) / rid)
-                if run.finished and is_certified(run, spec.certify_settings()):
-                    df = certify_run(run, spec.certify_settings(), log=self.log)  # reads the records; no work
+                run, settings = RunDir(Path(spec.runs_root) / rid), spec.certify_settings()
+                if run.finished and is_certified(run, settings):
+                    df = certify_run(run, settings, log=self.log)  # reads the records; no work
                     out = Outcome(spec, JobResult(rid, summarize(df), 0.0, 0.0))
                 elif spec.teacher in failed:
                     out = Outcome(spec, error=f"not run: its teacher {spec.teacher} failed")

@@ -35,9 +35,15 @@ AGG_COLUMNS = ACC_COLUMNS + ["counterexamples", "complete_unknown"]
 COVERED = ("crown", "alpha-crown", "autoattack", "complete")
 #: Stages whose wall time the summary shows (certify-<key>.json's times_s).
 TIMED_STAGES = ("pgd", "crown", "alpha-crown", "autoattack", "complete")
+
+
+def time_col(stage: str) -> str:
+    """The summary column of a stage's wall time, e.g. ``time_alpha_crown_s``."""
+    return f"time_{stage.replace('-', '_')}_s"
+
+
 #: Columns of summary.csv that are measured wall times (the only ones two runs of the same code may differ in).
-TIME_COLUMNS = ("train_time_s", "teacher_time_s", "cert_time_s") + tuple(
-    f"time_{s.replace('-', '_')}_s" for s in TIMED_STAGES)
+TIME_COLUMNS = ("train_time_s", "teacher_time_s", "cert_time_s") + tuple(time_col(s) for s in TIMED_STAGES)
 SUMMARY_COLUMNS = KEYS + ["status", "n_test"] + ACC_COLUMNS + [covered_key(s) for s in COVERED] + [
     "counterexamples", "complete_unknown", "epochs"] + list(TIME_COLUMNS) + [
     gap_col(s) for s in GAP_STAGES] + ["run_id", "certify_key"]
@@ -77,7 +83,7 @@ def profile_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
                         "train_time_s": manifest.get("train_time_s"),
                         "teacher_time_s": manifest.get("teacher_train_time_s"),
                         "cert_time_s": sum(meta["times_s"].values()),
-                        **{f"time_{s.replace('-', '_')}_s": meta["times_s"].get(s) for s in TIMED_STAGES}})
+                        **{time_col(s): meta["times_s"].get(s) for s in TIMED_STAGES}})
         else:
             if cfg.dataset not in missing:
                 missing[cfg.dataset] = dataset_unavailable(cfg.dataset)
