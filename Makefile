@@ -13,7 +13,7 @@ $(SETUP_SENTINEL): requirements/base.txt requirements/no-deps.txt
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/base.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/no-deps.txt
-	$(PY) -c "import harness.lirpa_compat"
+	$(PY) -c "import harness.bounds.lirpa_compat"
 	touch $@
 
 setup: $(SETUP_SENTINEL)

@@ -26,8 +26,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness.config import load_profile, load_run_config
-    from harness.train import train
+    from harness.config.profile import load_profile
+    from harness.config.settings import load_run_config
+    from harness.training.loop import train
 
     if args.profile:
         configs = load_profile(args.profile).runs()
@@ -42,8 +43,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
-    from harness.certify import certify_run, summarize
-    from harness.config import RUNS, load_profile
+    from harness.certification.run import certify_run, summarize
+    from harness.config.profile import load_profile
+    from harness.config.settings import RUNS
     from harness.rundir import RunDir
 
     path = Path(args.run)
@@ -57,8 +59,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    from harness.config import load_profile
-    from harness.tables import build_tables
+    from harness.config.profile import load_profile
+    from harness.report.tables import build_tables
 
     profiles = [load_profile(p) for p in args.profile] if args.profile else None
     build_tables(profiles, runs_root=_opt(args.runs), results_dir=_opt(args.results))
@@ -66,8 +68,8 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
-    from harness.config import load_profile
-    from harness.plots import build_figures
+    from harness.config.profile import load_profile
+    from harness.report.plots import build_figures
 
     profiles = [load_profile(p) for p in args.profile] if args.profile else None
     build_figures(profiles, runs_root=_opt(args.runs), results_dir=_opt(args.results), plots_dir=_opt(args.plots))
@@ -94,13 +96,13 @@ def _slurm_overrides(args: argparse.Namespace) -> dict:
 def auto_executor(device: str) -> str:
     """``--executor auto``: one process on a GPU (its runs share the device), else a worker per core with
     one torch thread each, so that the numbers do not depend on how many cores the machine has."""
-    from harness.device import resolve_device
+    from harness.runtime.device import resolve_device
 
     return "inline" if resolve_device(device).type == "cuda" else "local"
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from harness.pipeline import reproduce
+    from harness.orchestration.pipeline import reproduce
 
     executor = auto_executor(args.device) if args.executor == "auto" else args.executor
     return reproduce(args.profile, device=args.device, runs_root=_opt(args.runs), results_dir=_opt(args.results),
@@ -109,8 +111,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from harness.config import RUNS, load_any
-    from harness.schema import json_schemas
+    from harness.config.profile import json_schemas, load_any
+    from harness.config.settings import RUNS
 
     if args.schema:
         print(json.dumps(json_schemas(), indent=2))
@@ -123,7 +125,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for k, v in obj.to_dict().items():
             print(f"  {k} = {v!r}")
         return 0
-    from harness.pipeline import describe_plan
+    from harness.orchestration.pipeline import describe_plan
 
     runs_root = _opt(args.runs) or RUNS
     plan = obj.plan()
@@ -131,9 +133,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     for line in describe_plan(obj, runs_root, plan):
         print(line)
     if not args.no_estimate:
-        from harness.device import resolve_device
-        from harness.eta import estimate, fmt_duration
-        from harness.pipeline import plan_state
+        from harness.orchestration.eta import estimate, fmt_duration
+        from harness.orchestration.pipeline import plan_state
+        from harness.runtime.device import resolve_device
 
         state = plan_state(obj, runs_root)
         todo = [p.cfg for p in plan if state[p.run_id] == "todo"]
@@ -145,19 +147,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_gpucheck(args: argparse.Namespace) -> int:
-    from harness.gpucheck import gpucheck
+    from harness.orchestration.gpucheck import gpucheck
 
     return gpucheck(args.device, _opt(args.out), tiny=args.tiny, epochs=args.epochs)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from harness.status import print_status
+    from harness.orchestration.status import print_status
 
     return print_status(args.profile, runs_root=_opt(args.runs), lines=args.lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.executors import EXECUTORS
+    from harness.orchestration.executors import EXECUTORS
 
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -243,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input gives a one-line error and a non-zero exit status."""
-    from harness.config import ConfigError
+    from harness.config.constraints import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
@@ -266,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _known_errors() -> tuple[type, ...]:
-    from harness.certify import InvariantError
+    from harness.certification.run import InvariantError
     from harness.data import ChecksumError, DatasetUnavailableError, UnknownDatasetError
     from harness.rundir import RunClaimed
-    from harness.train import TrainingError
+    from harness.training.loop import TrainingError
 
     return (TrainingError, FileNotFoundError, InvariantError, ChecksumError, DatasetUnavailableError,
             UnknownDatasetError, RunClaimed, ValueError)

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.config import REPO, RUNS, RunConfig
+from harness.config.settings import REPO, RUNS, RunConfig
+from harness.data import get_info
 from harness.models import build_model
 
 
@@ -195,7 +196,6 @@ def load_model(run: RunDir, device: torch.device | str = "cpu") -> nn.Module:
 
 
 def model_for(cfg: RunConfig) -> nn.Module:
-    from harness.data import get_info
 
     info = get_info(cfg.dataset)
     return build_model(cfg.arch, info.in_shape, info.num_classes, info.mean, info.std, cfg.width)

@@ -20,7 +20,7 @@ class SmokeRun:
 def smoke_inline(tmp_path_factory) -> SmokeRun:
     """The smoke profile end to end, inline, one CPU thread per run: the reference every executor's
     tables must equal (on the CPU the thread count changes the last bits of the weights)."""
-    from harness.pipeline import reproduce
+    from harness.orchestration.pipeline import reproduce
 
     root = tmp_path_factory.mktemp("smoke-inline")
     run = SmokeRun({"runs_root": root / "runs", "results_dir": root / "results", "plots_dir": root / "plots"})

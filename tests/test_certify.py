@@ -1,4 +1,4 @@
-"""harness.certify: out-of-memory errors split batches without skipping or repeating a sample, and
+"""harness.certification.run: out-of-memory errors split batches without skipping or repeating a sample, and
 the records do not depend on the batching or on what the process did before."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import cascade as cascade_module
-from harness.batching import AdaptiveBatches, forget_known_sizes
-from harness.certify import budgeted, certify_paths, certify_run, summarize
-from harness.config import load_profile
-from harness.jobs import set_threads
+from harness.certification import cascade as cascade_module
+from harness.certification.run import budgeted, certify_paths, certify_run, summarize
+from harness.config.profile import load_profile
+from harness.orchestration.jobs import set_threads
 from harness.rundir import RunDir
+from harness.runtime.batching import AdaptiveBatches, forget_known_sizes
 
 
 @pytest.fixture()
@@ -113,8 +113,8 @@ def test_a_budget_covers_the_prefix_up_to_its_last_sample():
 @pytest.fixture(scope="module")
 def mlp_run(tmp_path_factory):
     """A small MLP trained briefly with MTL-IBP on real MNIST: cheap enough for AutoAttack and the MILP."""
-    from harness.config import RunConfig
-    from harness.train import train
+    from harness.config.settings import RunConfig
+    from harness.training.loop import train
 
     cfg = RunConfig.from_dict({"dataset": "mnist", "eps": 0.05, "method": "mtl_ibp", "arch": "mlp", "width": 24,
                                "epochs": 1, "batch_size": 64, "train_subset": 1024, "val_size": 100,
@@ -129,7 +129,7 @@ def mlp_run(tmp_path_factory):
 
 
 def test_autoattack_complete_and_alarm_stages_decide_undecided_samples(mlp_run, tmp_path):
-    from harness.config import CertifySettings
+    from harness.config.settings import CertifySettings
 
     settings = CertifySettings(n_test=120, crown_samples=200, alpha_crown_samples=10, alpha_iterations=5,
                                pgd_steps=10, pgd_restarts=1, batch_size=120, crown_batch_size=20,

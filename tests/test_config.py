@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import BENCHMARKS, ConfigError, RunConfig, load_any, load_profile
+from harness.config.constraints import ConfigError
+from harness.config.profile import load_any, load_profile
+from harness.config.settings import BENCHMARKS, RunConfig
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -1,11 +1,11 @@
-"""harness.device: TF32 only for training on CUDA, never for certification; CUDA runs of the pipeline."""
+"""harness.runtime.device: TF32 only for training on CUDA, never for certification; CUDA runs of the pipeline."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from harness.device import exact_arithmetic, is_out_of_memory, training_arithmetic
+from harness.runtime.device import exact_arithmetic, is_out_of_memory, training_arithmetic
 
 
 def _flags():
@@ -43,10 +43,10 @@ def test_certification_on_cuda_agrees_with_the_cpu(tmp_path):
     IBP verdicts agree except within the floating-point band of the soundness rule."""
     import pandas as pd
 
-    from harness.certify import certify_paths, certify_run, check_invariants
-    from harness.config import CertifySettings, RunConfig
+    from harness.certification.run import certify_paths, certify_run, check_invariants
+    from harness.config.settings import CertifySettings, RunConfig
     from harness.rundir import RunDir
-    from harness.train import train
+    from harness.training.loop import train
 
     cfg = RunConfig.from_dict({"dataset": "mnist", "eps": 0.1, "method": "mtl_ibp", "epochs": 1, "batch_size": 64,
                                "train_subset": 512, "val_size": 100, "val_pgd_steps": 2, "init": "ibp",

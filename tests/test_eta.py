@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from harness.config import RunConfig, load_profile
-from harness.eta import Progress, estimate, fmt_duration, recorded_cost, steps_per_epoch
-from harness.jobs import set_threads
+from harness.config.profile import load_profile
+from harness.config.settings import RunConfig
+from harness.orchestration.eta import Progress, estimate, fmt_duration, recorded_cost, steps_per_epoch
+from harness.orchestration.jobs import set_threads
 from harness.rundir import RunDir
 
 

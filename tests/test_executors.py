@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.certify import certify_paths
-from harness.config import load_profile
-from harness.pipeline import reproduce
+from harness.certification.run import certify_paths
+from harness.config.profile import load_profile
+from harness.orchestration.pipeline import reproduce
+from harness.report.tables import TIME_COLUMNS
 from harness.rundir import RunClaimed, RunDir, claim, is_locked, job_record
-from harness.tables import TIME_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from harness.gpucheck import gpucheck, slice_profile
-from harness.jobs import set_threads
+from harness.orchestration.gpucheck import gpucheck, slice_profile
+from harness.orchestration.jobs import set_threads
 
 
 def test_slice_is_the_paper_setting_cut_short():

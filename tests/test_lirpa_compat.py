@@ -1,4 +1,4 @@
-"""harness.lirpa_compat: auto_LiRPA 0.3 imports and runs on this torch / numpy, each fix only when needed."""
+"""harness.bounds.lirpa_compat: auto_LiRPA 0.3 imports and runs on this torch / numpy, each fix only when needed."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness import lirpa_compat as compat
+from harness.bounds import lirpa_compat as compat
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,7 +202,7 @@ def test_clean_import_in_fresh_interpreter():
         "import warnings, logging, torch, numpy\n"
         "import torch.onnx.utils, torch.onnx.symbolic_helper, torch.utils.cpp_extension\n"
         "before = list(warnings.filters); handlers = list(logging.getLogger().handlers)\n"
-        "import harness.lirpa_compat as c\n"
+        "import harness.bounds.lirpa_compat as c\n"
         "assert warnings.filters == before, 'warning filters changed'\n"
         "assert logging.getLogger().handlers == handlers, 'root logger changed'\n"
         "print('PATCHES', ','.join(c.APPLIED_PATCHES))\n"

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 
 from harness.attacks import pgd_attack
 from harness.bounds.ibp import ibp_bounds
-from harness.bounds.spec import input_box, spec_matrix
-from harness.methods import METHODS, Batch, make_method, robust_ce_from_margins
+from harness.bounds.spec import spec_matrix
 from harness.models import build_model, frozen_batch_stats
+from harness.threat_model import input_box
+from harness.training.methods import METHODS, Batch, make_method, robust_ce_from_margins
 
 SHAPE = ((1, 28, 28), 10, [0.13], [0.31])
 EPS = 0.05
@@ -172,7 +173,7 @@ def _shi_by_selection(preact, r0, tol):
 @pytest.mark.parametrize("offset,r0", [(0.0, 0.1), (2.0, 0.3), (-1.5, 0.1), (0.0, 5.0)])
 def test_shi_regularisers_match_the_formula_by_boolean_selection(offset, r0):
     """Value and gradient, with centers off zero (moments must not cancel) and every term active somewhere."""
-    from harness.methods import shi_regularisers
+    from harness.training.methods import shi_regularisers
 
     torch.manual_seed(3)
     leaves = []
@@ -196,7 +197,7 @@ def test_shi_regularisers_match_the_formula_by_boolean_selection(offset, r0):
 
 
 def test_shi_regularisers_skip_a_layer_without_active_or_inactive_units():
-    from harness.methods import shi_regularisers
+    from harness.training.methods import shi_regularisers
 
     torch.manual_seed(0)
     lo = torch.rand(4, 10) + 0.1          # every unit active: no L_relu term for this layer
@@ -210,7 +211,7 @@ def test_shi_regularisers_skip_a_layer_without_active_or_inactive_units():
 @pytest.mark.cuda
 def test_shi_regularisers_on_cuda_match_the_cpu():
     """The hand-written autograd function of the regularisers, value and gradient, on CUDA."""
-    from harness.methods import shi_regularisers
+    from harness.training.methods import shi_regularisers
 
     gen = torch.Generator().manual_seed(0)
     layers = [(torch.randn(8, 4, 5, 5, generator=gen), torch.rand(8, 4, 5, 5, generator=gen)),

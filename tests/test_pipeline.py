@@ -8,10 +8,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.certify import CERTIFIERS, InvariantError, certify_paths, check_invariants, col, margin_col, summarize
-from harness.config import load_profile
-from harness.pipeline import reproduce
-from harness.tables import SUMMARY_COLUMNS, build_tables
+from harness.certification.run import (
+    CERTIFIERS,
+    InvariantError,
+    certify_paths,
+    check_invariants,
+    col,
+    margin_col,
+    summarize,
+)
+from harness.config.profile import load_profile
+from harness.orchestration.pipeline import reproduce
+from harness.report.tables import SUMMARY_COLUMNS, build_tables
 from harness.rundir import RunDir
 
 REQUIRED = ["dataset", "eps", "method", "arch", "seed", "profile", "n_test", "clean_acc", "pgd_acc", "cert_ibp",
@@ -149,7 +157,7 @@ def test_tables_rebuild_from_records_only(smoke, tmp_path):
 
 
 def test_missing_dataset_is_reported_as_skipped_without_a_path_of_this_machine(tmp_path, monkeypatch):
-    from harness import tables
+    from harness.report import tables
 
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "nowhere"))
     rows = tables.profile_rows(load_profile("cpu"), runs_root=tmp_path)
@@ -190,7 +198,7 @@ def test_cli_stages_run_from_stored_records(smoke, tmp_path):
 
 
 def test_status_says_which_runs_lack_their_data(tmp_path, monkeypatch, capsys):
-    from harness.status import print_status
+    from harness.orchestration.status import print_status
 
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "nowhere"))
     assert print_status("cpu", runs_root=tmp_path / "runs") == 0
@@ -205,7 +213,7 @@ def test_a_settings_own_certification_values_are_applied_and_tabled(smoke, tmp_p
     with the merged values, into their own records, and the tables point at those."""
     import shutil
 
-    from harness.config import BENCHMARKS
+    from harness.config.settings import BENCHMARKS
 
     dirs, _, _ = smoke
     runs = tmp_path / "runs"

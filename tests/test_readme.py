@@ -50,8 +50,8 @@ def shown_between(begin: str, end: str) -> str:
 
 def test_readme_results_table_is_the_committed_summary():
     """The numbers in the README's results table are exactly those of results/summary_mean.csv."""
-    from harness.config import load_profile
-    from harness.tables import README_BEGIN, README_END, readme_results_table
+    from harness.config.profile import load_profile
+    from harness.report.tables import README_BEGIN, README_END, readme_results_table
 
     want = readme_results_table(committed_csv("results/cpu/summary_mean.csv"), load_profile("cpu"))
     assert want.count("\n") > 10  # the committed results hold the cpu profile's rows
@@ -66,7 +66,7 @@ def test_readme_speed_table_is_the_committed_benchmark():
 
 @pytest.mark.parametrize("name", ["paired", "hypervolume", "ablations"])
 def test_readme_tradeoff_tables_are_the_committed_ones(name):
-    from harness.tradeoff import readme_markers, readme_table
+    from harness.report.tradeoff import readme_markers, readme_table
 
     begin, end = readme_markers(name)
     assert shown_between(begin, end) == readme_table(name, committed_csv(f"results/tradeoff/{name}.csv"))

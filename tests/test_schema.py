@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.config import BENCHMARKS, load_profile
-from harness.schema import json_schemas
+from harness.config.profile import json_schemas, load_profile
+from harness.config.settings import BENCHMARKS
 
 REPO = Path(__file__).resolve().parent.parent
 

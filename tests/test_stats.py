@@ -1,4 +1,4 @@
-"""harness.stats against values computed independently (textbook numbers, brute force)."""
+"""harness.report.stats against values computed independently (textbook numbers, brute force)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from harness.stats import (hypervolume, paired_difference, paired_p_value, paired_power, pairs_needed, pareto_front,
-                           t_interval)
+from harness.report.stats import (
+    hypervolume,
+    paired_difference,
+    paired_p_value,
+    paired_power,
+    pairs_needed,
+    pareto_front,
+    t_interval,
+)
 
 
 def test_t_interval_matches_the_textbook_numbers():

@@ -7,9 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from harness.config import load_profile
-from harness.pipeline import reproduce
-from harness.stats import hypervolume, t_interval
+from harness.config.profile import load_profile
+from harness.orchestration.pipeline import reproduce
+from harness.report.stats import hypervolume, t_interval
 
 PROFILE = '''[profile]
 name = "tiny-sweep"
@@ -127,8 +127,8 @@ def test_tables_and_figures_from_a_sweep_still_running(sweep, tmp_path):
     built from what has finished, and the paired figure waits."""
     import shutil
 
-    from harness.plots import build_figures
-    from harness.tables import build_tables
+    from harness.report.plots import build_figures
+    from harness.report.tables import build_tables
 
     profile, dirs = sweep
     runs = tmp_path / "runs"

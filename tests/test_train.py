@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.config import ConfigError, RunConfig
-from harness.methods import METHODS
+from harness.config.constraints import ConfigError
+from harness.config.settings import RunConfig
 from harness.rundir import RunDir, load_checkpoint, load_model
-from harness.train import TrainingError, train
+from harness.training.loop import TrainingError, train
+from harness.training.methods import METHODS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -208,7 +209,7 @@ def test_cli_bad_input_exits_non_zero_with_a_clear_message(tmp_path):
 
 
 def test_device_auto_resolves_and_unknown_device_is_refused():
-    from harness.device import resolve_device
+    from harness.runtime.device import resolve_device
 
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ConfigError):

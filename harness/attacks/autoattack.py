@@ -34,8 +34,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from harness.attacks.confirm import AttackResult, clip_to_threat_model, confirm_broken, predict
-from harness.attacks.pgd import eval_mode
+from harness.attacks.confirm import AttackResult, confirm_broken, predict
+from harness.models import eval_mode
+from harness.threat_model import clip_to_threat_model
 
 #: AutoAttack versions offered: the standard one, the attack of record ("plus" and "rand", for
 #: randomised defences, are not wired up or tested here).

@@ -6,12 +6,15 @@ statistics, as in CTBench) and restores the caller's mode afterwards.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from harness.attacks.confirm import confirm_broken
+from harness.models import eval_mode
+from harness.threat_model import clip_to_threat_model, input_box
 
 ATTACK_LOSSES = ("ce", "margin", "kl")
 #: The evaluation attack stops attacking a sample once its margin loss exceeds this (logits). Any
@@ -19,18 +22,6 @@ ATTACK_LOSSES = ("ce", "margin", "kl")
 #: rounding of zero from ending the attack, since the plain forward pass that confirms a break
 #: (:mod:`harness.attacks.confirm`) might not agree on it.
 STOP_MARGIN = 1e-3
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode for the block and restore the previous mode of every submodule."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _loss_per_sample(logits: torch.Tensor, y: torch.Tensor, kind: str,
@@ -65,7 +56,7 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
     Random uniform start, ``steps`` signed-gradient ascent steps of ``step_size`` (default
     2.5 * eps / steps), projection after each step; the best point over steps and restarts is kept.
     The random starts come from ``start_noise`` when given (evaluation: a function of the sample and
-    a seed, see :class:`harness.randomness.SampleNoise`), else from torch's global generator (training:
+    a seed, see :class:`harness.runtime.randomness.SampleNoise`), else from torch's global generator (training:
     seeded by the run and saved in its checkpoints).
 
     ``stop_above``: a sample whose loss has exceeded this value takes no further steps or restarts
@@ -79,7 +70,7 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
         raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
     if eps == 0:
         return x.detach().clone()
-    lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+    lo, hi = input_box(x, eps)
     alpha = 2.5 * eps / steps if step_size is None else step_size
     x = x.detach()
     best_x = x.clone()
@@ -167,7 +158,6 @@ def pgd_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
     to the nearest float, up to one unit outside the exact ball, so its points are clipped into it
     and checked (:mod:`harness.attacks.confirm`) before a plain forward pass decides.
     """
-    from harness.attacks.confirm import clip_to_threat_model, confirm_broken
 
     with eval_mode(model):
         robust = model(x).argmax(1) == y

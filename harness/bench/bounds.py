@@ -35,11 +35,13 @@ import torch
 
 from harness.bounds import certify, margin_lower_bounds
 from harness.bounds.ibp import ibp_bounds
-from harness.bounds.spec import input_box, spec_matrix
-from harness.config import REPO
-from harness.data import get_info
+from harness.bounds.spec import spec_matrix
+from harness.config.settings import REPO
+from harness.data import get_info, load_split
 from harness.models import build_model
-from harness.device import exact_arithmetic, resolve_device
+from harness.rundir import atomic_write_text
+from harness.runtime.device import exact_arithmetic, resolve_device
+from harness.threat_model import input_box
 
 MODELS: list[tuple[str, int | None]] = [("cnn_small", None), ("cnn7", 64)]
 EPS = 0.1
@@ -78,7 +80,6 @@ def _round_robin(fns: dict[str, Callable[[], object]], repeats: int, device: tor
 def _mnist_test(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The MNIST test set if harness.data can load it, else random data of its shape (and why)."""
     try:
-        from harness.data import load_split
 
         x, y = load_split("mnist", "test")
         note = "real MNIST test set"
@@ -212,7 +213,6 @@ def _log_targets(df: pd.DataFrame, log: Callable[[str], None]) -> None:
 
 def _write_csv_atomic(df: pd.DataFrame, out: Path) -> None:
     """Write the table atomically (temporary file, then rename), creating its folder."""
-    from harness.rundir import atomic_write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, df.to_csv(index=False))

@@ -20,7 +20,7 @@ Rows (``step``):
 - ``mtl_ibp-1``, ``ad_cert-1``: one-step attacks, during the ramp (regularisers on in both).
 
 Each step runs as training runs it: on CUDA with TF32 and channels-last tensors
-(:func:`harness.device.training_arithmetic`, :func:`harness.train.prepare_model`); on the CPU in
+(:func:`harness.runtime.device.training_arithmetic`, :func:`harness.training.loop.prepare_model`); on the CPU in
 plain float32. Measurement choices: variants of one model run round-robin (one step of each per round, after one
 warm-up step each) so a slow phase of a shared machine hits them alike; ``torch.cuda.synchronize``
 brackets every step on CUDA; ``repeats`` rounds for CNN7, three times as many for the (cheap, and
@@ -41,12 +41,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from harness.bounds.ibp import ibp_bounds
-from harness.bounds.spec import input_box, spec_matrix
-from harness.config import REPO
-from harness.device import training_arithmetic
-from harness.methods import Batch, make_method, robust_ce_from_margins
+from harness.bounds.spec import spec_matrix
+from harness.config.settings import REPO
+from harness.data import get_info
 from harness.models import build_model, frozen_batch_stats, ibp_init
-from harness.train import prepare_model
+from harness.report.markdown import markdown_table
+from harness.rundir import atomic_write_text
+from harness.runtime.device import resolve_device, training_arithmetic
+from harness.threat_model import input_box
+from harness.training.loop import prepare_model
+from harness.training.methods import Batch, make_method, robust_ce_from_margins
 
 EPS = 0.1
 MODELS = [("cnn_small", None), ("cnn7", 64)]
@@ -143,9 +147,6 @@ class _Step:
 def bench_train(device: str = "auto", repeats: int = 7, batch: int = 128, out: Path | None = None,
                 models=MODELS, variants=VARIANTS, log=print) -> pd.DataFrame:
     """Median milliseconds and GFLOPs of one optimiser step per method and model; writes a CSV."""
-    from harness.data import get_info
-    from harness.device import resolve_device
-    from harness.rundir import atomic_write_text
 
     dev = resolve_device(device)
     info = get_info("mnist")
@@ -229,7 +230,6 @@ def readme_speed_table(df: pd.DataFrame) -> str:
         ["PGD-AT, 10 steps", *cells("pgd-10")],
         ["AD-CERT / MTL-IBP (1-step attack)", *cells("ad_cert-1", "mtl_ibp-1")],
     ]
-    from harness.tables import markdown_table
 
     head = ["step", "small CNN: time", "arithmetic", "CNN7 (width 64): time", "arithmetic"]
     return markdown_table(pd.DataFrame(rows, columns=head))

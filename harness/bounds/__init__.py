@@ -43,9 +43,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness import threat_model
 from harness.bounds.ibp import IBPBounds, UnsupportedLayerError, flatten_layers, ibp_bounds
-from harness.bounds.spec import check_batch, input_box, spec_matrix
-from harness.floats import two_sum
+from harness.bounds.spec import check_batch, spec_matrix
+from harness.threat_model import outward_box
 
 __all__ = [
     "METHODS", "FP32_ABS_TOL", "FP32_REL_TOL", "FP64_ABS_TOL", "FP64_REL_TOL", "Verdicts",
@@ -100,14 +101,7 @@ def _validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, me
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     check_batch(x, y)
-    eps = float(eps)
-    if not eps >= 0:  # also rejects NaN
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if x.numel():
-        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
-        if not (lo >= 0.0 and hi <= 1.0):  # also rejects NaN
-            raise ValueError(f"inputs must lie in [0, 1] (pixel space; normalisation is a model layer), "
-                             f"got range [{lo:.4g}, {hi:.4g}]")
+    threat_model.check(x, eps)
     training = [type(m).__name__ for m in model.modules() if m.training]
     if training:
         raise ValueError(f"certification needs the model in eval mode (BatchNorm uses running statistics); "
@@ -115,40 +109,6 @@ def _validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, me
     dtype = model_dtype(model)
     if dtype not in _TOLERANCES:
         raise ValueError(f"certification supports float32 and float64 models, got {dtype}")
-
-
-def _outward_box(x: torch.Tensor, eps: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The box B(x, eps) ∩ [0, 1] (as :func:`harness.bounds.spec.input_box`) in ``dtype``.
-
-    Below float64 each end is rounded to nearest and then moved one ulp outward only where that
-    rounding went inward, so the box contains the exact real box around x as given while staying
-    within about one ulp of the round-to-nearest box (the one auto_LiRPA bounds).
-    """
-    if eps == 0.0 and x.dtype == dtype:
-        return x, x  # exact
-    if dtype == torch.float64 or x.dtype != dtype:
-        lo64, hi64 = input_box(x.double(), eps)
-        if dtype == torch.float64:
-            return lo64, hi64  # one float64 rounding (~1e-16 relative), far inside the float64 tolerance
-        lo, hi = lo64.to(dtype), hi64.to(dtype)
-        inf = torch.tensor(float("inf"), dtype=dtype, device=x.device)
-        # ">=": where the float64 value is itself representable its own rounding is unknown, so move anyway.
-        lo = torch.where(lo.double() >= lo64, torch.nextafter(lo, -inf), lo)
-        hi = torch.where(hi.double() <= hi64, torch.nextafter(hi, inf), hi)
-        return lo.clamp_(min=0.0), hi.clamp_(max=1.0)
-    # Same dtype (float32): eps rounded up, then x -+ e with its exact rounding error (TwoSum), all in
-    # float32 - about 4x cheaper than going through float64, and this runs on every certified batch.
-    e = torch.tensor(eps, dtype=torch.float64).to(dtype)
-    if float(e) < eps:
-        e = torch.nextafter(e, torch.tensor(float("inf"), dtype=dtype))
-    e = e.to(x.device)
-    # nextafter towards s - 1 (one ulp down) where the error is negative, towards s itself (no move)
-    # elsewhere; sign() arithmetic instead of torch.where, which is ~8x slower here.
-    lo, err = two_sum(x, -e)
-    lo = torch.nextafter(lo, lo + err.sign().clamp_(max=0.0))
-    hi, err = two_sum(x, e)
-    hi = torch.nextafter(hi, hi + err.sign().clamp_(min=0.0))
-    return lo.clamp_(min=0.0), hi.clamp_(max=1.0)
 
 
 def _ibp_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int,
@@ -163,7 +123,7 @@ def _ibp_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nu
     step = batch_size or max(x.shape[0], 1)
     for start in range(0, x.shape[0], step):
         xb, yb = x[start:start + step], y[start:start + step]
-        lo, hi = _outward_box(xb, eps, dtype)
+        lo, hi = outward_box(xb, eps, dtype)
         b = ibp_bounds(model, lo, hi, spec_matrix(yb, num_classes, dtype).to(x.device))
         lowers.append(b.lower)
         if with_magnitude:

@@ -76,7 +76,7 @@ from torch import nn
 
 from harness.bounds import fp_tolerance, margin_lower_bounds, model_dtype, rounding_scale
 from harness.bounds.milp import MILPNetwork, MILPProgram, build_program
-from harness.floats import two_sum
+from harness.threat_model import inner_box32, outward_box64
 
 __all__ = ["SOLVER_FEASIBILITY_TOL", "ClassResult", "CompleteResult", "verify_sample"]
 
@@ -194,8 +194,8 @@ def verify_sample(net: MILPNetwork, model: nn.Module, x: torch.Tensor, y: int | 
     targets = [j for j in range(num_classes) if j != y]
     known_by_class = dict(zip(targets, known.tolist()))
 
-    lo64, hi64 = _milp_box(x, eps)
-    box32 = _inner_box32(x, eps)
+    lo64, hi64 = outward_box64(x, eps)
+    box32 = inner_box32(x, eps)
     program = build_program(net, lo64, hi64, widened)
     abs_maps = [abs(m.matrix) for m in net.hidden]  # for the backward pass of absolute weights
 
@@ -291,31 +291,6 @@ def _relu_bounds(net: MILPNetwork, relu_bounds) -> list[tuple[np.ndarray, np.nda
 
 
 # ------------------------------------------------------------------------------------------ boxes
-def _milp_box(x: torch.Tensor, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """The real box B(x, eps) ∩ [0, 1] rounded outward in float64 (contains the exact one)."""
-    x64, e = x.double().reshape(-1), torch.tensor(eps, dtype=torch.float64)
-    inf = torch.tensor(math.inf, dtype=torch.float64)
-    lo, err = two_sum(x64, -e)  # lo + err = x - eps exactly
-    lo = torch.where(err < 0, torch.nextafter(lo, -inf), lo).clamp(min=0.0)
-    hi, err = two_sum(x64, e)
-    hi = torch.where(err > 0, torch.nextafter(hi, inf), hi).clamp(max=1.0)
-    return lo.numpy(), hi.numpy()
-
-
-def _inner_box32(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The largest float32 box inside the real box B(x, eps) ∩ [0, 1] (None if it holds no float32 point)."""
-    x64, e = x.double().reshape(-1), torch.tensor(eps, dtype=torch.float64)
-    inf = torch.tensor(math.inf, dtype=torch.float32)
-    s, err = two_sum(x64, -e)  # the exact lower end is s + err
-    lo = s.float()
-    # lo - s is exact (Sterbenz, or lo = 0); lo is below the real end iff lo - s < err.
-    lo = torch.where(lo.double() - s < err, torch.nextafter(lo, inf), lo).clamp(min=0.0)
-    s, err = two_sum(x64, e)
-    hi = s.float()
-    hi = torch.where(hi.double() - s > err, torch.nextafter(hi, -inf), hi).clamp(max=1.0)
-    if bool((lo > hi).any()):
-        return None
-    return lo, hi
 
 
 # ---------------------------------------------------------------------------- counterexample test

@@ -33,7 +33,6 @@ from torch import nn
 
 from harness.models import SUPPORTED_LAYERS, Normalize, batchnorm_affine
 
-
 #: Run float32 CPU convolutions in channels-last layout (see ibp_bounds; measured by harness.bench.bounds).
 CPU_CHANNELS_LAST = True
 

@@ -1,6 +1,6 @@
 """auto_LiRPA adapter: sound lower bounds of the margins z_y - z_j with IBP, CROWN-IBP, CROWN, alpha-CROWN.
 
-auto_LiRPA 0.3 is imported through :mod:`harness.lirpa_compat` (it does not import on torch 2.14 /
+auto_LiRPA 0.3 is imported through :mod:`harness.bounds.lirpa_compat` (it does not import on torch 2.14 /
 numpy 2 otherwise). The specification matrix C (rows e_y - e_j, :func:`harness.bounds.spec.spec_matrix`)
 is passed to ``compute_bounds``, so auto_LiRPA folds it into the last linear layer.
 
@@ -34,8 +34,9 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from harness import threat_model
 from harness.bounds import spec
-from harness.lirpa_compat import BoundedModule, BoundedTensor, PerturbationLpNorm, safe_bound_opts
+from harness.bounds.lirpa_compat import BoundedModule, BoundedTensor, PerturbationLpNorm, safe_bound_opts
 from harness.models import Normalize
 
 __all__ = ["LIRPA_METHODS", "lirpa_margin_bounds", "lirpa_relu_bounds"]
@@ -139,7 +140,7 @@ def _bound_passes(model: nn.Module, x: Tensor, y: Tensor, eps: float, method: st
     """
     spec.check_batch(x, y)
     x = x.detach()  # alpha-CROWN's internal backward passes must not reach the caller's graph
-    lo, hi = spec.input_box(x, eps)
+    lo, hi = threat_model.input_box(x, eps)
     _check_model(model, x)
     y = y.to(x.device)
 
@@ -310,7 +311,7 @@ def lirpa_relu_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, method
     """
     _check_options(method, batch_size, alpha_iterations, alpha_lr)
     spec.check_batch(x, y)
-    spec.input_box(x, eps)  # validates eps and the input range before the model runs
+    threat_model.input_box(x, eps)  # validates eps and the input range before the model runs
     _check_model(model, x)
     x = x.detach()
     expected = _relu_inputs(model, x)

@@ -26,20 +26,6 @@ def spec_matrix(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.fl
     return full[keep].view(batch, num_classes - 1, num_classes)
 
 
-def input_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The l_inf ball B(x, eps) intersected with the data domain [0, 1], as (lower, upper).
-
-    Raises ValueError (naming the problem and the fix) for eps < 0 or inputs outside [0, 1].
-    """
-    eps = float(eps)
-    if not eps >= 0:  # also rejects NaN
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-        raise ValueError(f"inputs must lie in [0, 1] (pixel space; normalisation is a model layer), "
-                         f"got range [{float(x.min()):.4g}, {float(x.max()):.4g}]")
-    return (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
-
-
 def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
     """Raise ValueError when inputs and labels disagree on the batch size."""
     if x.shape[0] != y.shape[0]:

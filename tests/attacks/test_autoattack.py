@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from harness import data
-from harness.attacks import in_threat_model, pgd_attack, pgd_robust
-from harness.attacks.autoattack import autoattack
-from harness.attacks.autoattack import configured_autoattack
+from harness.attacks import pgd_attack, pgd_robust
+from harness.attacks.autoattack import autoattack, configured_autoattack
 from harness.models import build_model
+from harness.threat_model import in_threat_model
 
 STANDARD_STAGES = ["apgd-ce", "apgd-t", "fab-t", "square"]
 

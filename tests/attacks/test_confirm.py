@@ -4,8 +4,9 @@ from fractions import Fraction
 
 import torch
 
-from harness.attacks import clip_to_threat_model, confirm_broken, in_threat_model
+from harness.attacks import confirm_broken
 from harness.models import build_model
+from harness.threat_model import clip_to_threat_model, in_threat_model
 
 
 def _exactly_inside(p: float, x: float, eps: float) -> bool:

@@ -44,7 +44,8 @@ def test_robust_accuracy_is_at_most_clean_and_eps_zero_changes_nothing():
 def test_pgd_counts_a_break_only_inside_the_exact_ball():
     """The attack's box ends are rounded floats; its points are clipped into the exact ball before a break
     counts, and the clipped points it would use lie in B(x, eps) ∩ [0, 1] exactly."""
-    from harness.attacks import clip_to_threat_model, in_threat_model, pgd_attack
+    from harness.attacks import pgd_attack
+    from harness.threat_model import clip_to_threat_model, in_threat_model
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
@@ -75,8 +76,9 @@ def _margin_model_and_data(n: int = 48):
 
 
 def test_evaluation_pgd_stops_on_broken_samples_with_the_same_verdicts_and_generator_state():
-    from harness.attacks.confirm import clip_to_threat_model, confirm_broken
+    from harness.attacks.confirm import confirm_broken
     from harness.attacks.pgd import STOP_MARGIN
+    from harness.threat_model import clip_to_threat_model
 
     model, x, y = _margin_model_and_data()
     eps = 0.02

@@ -15,10 +15,12 @@ from torch import nn
 
 from harness.attacks import pgd_robust
 from harness.bounds import fp_tolerance, ibp_bounds, margin_lower_bounds, rounding_scale
-from harness.bounds.complete import _inner_box32, _milp_box, verify_sample
+from harness.bounds.complete import verify_sample
 from harness.bounds.milp import MILPNetwork, intersect_relu_bounds
-from harness.bounds.spec import input_box
 from harness.models import Normalize
+from harness.threat_model import inner_box32 as _inner_box32
+from harness.threat_model import input_box
+from harness.threat_model import outward_box64 as _milp_box
 
 
 def mlp(sizes: list[int], seed: int, norm=((0.5,), (0.25,)), batchnorm: bool = False) -> nn.Sequential:

@@ -9,8 +9,9 @@ from torch import nn
 
 from harness.bounds import certify, margin_lower_bounds
 from harness.bounds.ibp import IBPBounds, UnsupportedLayerError, flatten_layers, ibp_bounds
-from harness.bounds.spec import input_box, spec_matrix
+from harness.bounds.spec import spec_matrix
 from harness.models import Normalize, build_model, clean_batch_stats, frozen_batch_stats
+from harness.threat_model import input_box
 
 MNIST = ((0.1307,), (0.3081,))
 CIFAR = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))

@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from harness.bounds import (FP32_ABS_TOL, METHODS, Verdicts, certify, fp_tolerance, margin_lower_bounds)
-from harness.bounds.spec import input_box, spec_matrix
+from harness.bounds import FP32_ABS_TOL, METHODS, Verdicts, certify, fp_tolerance, margin_lower_bounds
+from harness.bounds.spec import spec_matrix
 from harness.models import Normalize, build_model
+from harness.threat_model import input_box
 
 REPO = Path(__file__).resolve().parents[2]
 MNIST = ((0.1307,), (0.3081,))
@@ -155,7 +156,7 @@ def test_fp_rule_recomputes_margin_near_zero_found_by_bisection():
 
 
 def test_float32_input_box_contains_the_exact_box():
-    from harness.bounds import _outward_box
+    from harness.threat_model import outward_box as _outward_box
 
     x = torch.rand(64, 1, 5, 5, generator=torch.Generator().manual_seed(0))
     x[0, 0, 0] = torch.tensor([0.0, 1.0, 0.1, 1e-8, 1 - 1e-7])  # the clamps, and values near them

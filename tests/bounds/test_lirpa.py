@@ -13,11 +13,11 @@ import weakref
 import pytest
 import torch
 
-from harness.bounds import spec
-from harness.bounds import lirpa
+from harness.bounds import lirpa, spec
 from harness.bounds.lirpa import LIRPA_METHODS, lirpa_margin_bounds
-from harness.lirpa_compat import BoundedModule, BoundedTensor, PerturbationLpNorm, _ORIGINALS
+from harness.bounds.lirpa_compat import _ORIGINALS, BoundedModule, BoundedTensor, PerturbationLpNorm
 from harness.models import build_model
+from harness.threat_model import input_box
 
 MEAN, STD = [0.1307], [0.3081]
 SHAPE = (1, 10, 10)
@@ -142,7 +142,7 @@ def empirical_min64(model64, data) -> torch.Tensor:
     """Smallest margin seen per (sample, wrong class): random points, random corners, PGD points."""
     x, y = data
     x, K = x.double(), 9
-    lo, hi = spec.input_box(x, EPS)
+    lo, hi = input_box(x, EPS)
     gen = torch.Generator().manual_seed(2)
     best = torch.full((x.shape[0], K), float("inf"), dtype=torch.float64)
     with torch.no_grad():
@@ -274,7 +274,7 @@ def test_that_case_does_trigger_the_bug_with_sparse_features_alpha(model, data):
     body = copy.deepcopy(model[1:]).eval()
     bounded = BoundedModule(body, torch.zeros((2,) + SHAPE), bound_opts={"sparse_features_alpha": True})
     bounded.set_bound_opts({"optimize_bound_args": {"iteration": 2}})
-    lo, hi = spec.input_box(x, 0.5)
+    lo, hi = input_box(x, 0.5)
     lo, hi = (lo - MEAN[0]) / STD[0], (hi - MEAN[0]) / STD[0]
     bx = BoundedTensor((lo + hi) / 2, PerturbationLpNorm(eps=0.5, x_L=lo, x_U=hi))
     with pytest.raises(RuntimeError, match="shape mismatch"):

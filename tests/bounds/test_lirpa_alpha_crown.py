@@ -13,13 +13,14 @@ import copy
 
 import pytest
 import torch
+from seeded_models import seeded_init  # tests/bounds/seeded_models.py
 from torch import nn
 
 from harness.bounds import fp_tolerance, lirpa, margin_lower_bounds
-from harness.bounds.spec import input_box, spec_matrix
-from harness.lirpa_compat import _ORIGINALS, BoundedTensor, PerturbationLpNorm
+from harness.bounds.lirpa_compat import _ORIGINALS, BoundedTensor, PerturbationLpNorm
+from harness.bounds.spec import spec_matrix
 from harness.models import Normalize
-from seeded_models import seeded_init  # tests/bounds/seeded_models.py
+from harness.threat_model import input_box
 
 EPS = 0.001
 ITERS = 5

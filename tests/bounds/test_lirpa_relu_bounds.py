@@ -12,13 +12,13 @@ import copy
 
 import pytest
 import torch
+from seeded_models import seeded_init  # tests/bounds/seeded_models.py
 from torch import nn
 
 from harness.bounds import fp_tolerance, ibp_bounds
 from harness.bounds.lirpa import lirpa_relu_bounds
-from harness.bounds.spec import input_box
 from harness.models import Normalize, build_model
-from seeded_models import seeded_init  # tests/bounds/seeded_models.py
+from harness.threat_model import input_box
 
 EPS = 0.02
 ITERS = 4

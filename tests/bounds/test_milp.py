@@ -10,8 +10,8 @@ from torch import nn
 from harness.bounds import ibp_bounds
 from harness.bounds.ibp import UnsupportedLayerError
 from harness.bounds.milp import MILPNetwork, build_program, intersect_relu_bounds
-from harness.bounds.spec import input_box
 from harness.models import Normalize
+from harness.threat_model import input_box
 
 
 def conv_model(seed: int = 0) -> nn.Sequential:

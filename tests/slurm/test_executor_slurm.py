@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.config import load_profile
+from harness.config.profile import load_profile
 from harness.rundir import RunDir, job_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def _training_job(runs_root: Path, profile: Path, skip: set[str], timeout: float
 
 
 def _tables(results: Path) -> dict[str, pd.DataFrame]:
-    from harness.tables import TIME_COLUMNS
+    from harness.report.tables import TIME_COLUMNS
 
     out = {}
     for name in ("summary", "summary_mean", "paper_comparison"):
@@ -59,7 +59,7 @@ def _tables(results: Path) -> dict[str, pd.DataFrame]:
 
 
 def test_slurm_executor_survives_a_kill_and_a_requeue_and_matches_inline(slurm_cluster, tmp_path):
-    from harness.pipeline import reproduce
+    from harness.orchestration.pipeline import reproduce
 
     profile = tmp_path / "smoke.toml"
     profile.write_text(SLOW_SMOKE)

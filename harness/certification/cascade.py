@@ -24,11 +24,18 @@ import numpy as np
 import torch
 
 from harness.attacks import pgd_robust
-from harness.batching import AdaptiveBatches
+from harness.attacks.autoattack import autoattack
 from harness.bounds import certify as certify_batch
-from harness.config import CertifySettings
-from harness.randomness import SampleNoise, derived_seed
+from harness.bounds.complete import verify_sample
+from harness.bounds.ibp import ibp_bounds
+from harness.bounds.milp import MILPNetwork, intersect_relu_bounds
+from harness.bounds.spec import spec_matrix
+from harness.config.settings import CertifySettings
+from harness.data import load_split
 from harness.rundir import RunDir, atomic_write_bytes, load_model, write_json
+from harness.runtime.batching import AdaptiveBatches
+from harness.runtime.randomness import SampleNoise, derived_seed
+from harness.threat_model import input_box
 
 #: The verdict columns of the cascade's certifiers, cheapest first (auto_LiRPA's IBP runs beside the own).
 CERTIFIERS = ("ibp", "lirpa-ibp", "crown-ibp", "crown", "alpha-crown", "complete")
@@ -70,7 +77,6 @@ class Cascade:
     """One run's certification: the model, the test data, the records so far."""
 
     def __init__(self, run: RunDir, settings: CertifySettings, device: torch.device, log: Callable[[str], None]):
-        from harness.data import load_split
 
         self.run, self.settings, self.device, self.log = run, settings, device, log
         self.cfg = run.read_config()
@@ -222,7 +228,6 @@ class Cascade:
         self.rows["aa_broken"] = broken
         if not len(idx):
             return
-        from harness.attacks.autoattack import autoattack
 
         def fn(j):
             xb, yb = self.on_device(j)
@@ -247,11 +252,10 @@ class Cascade:
         todo = [int(i) for i in self.rows["complete_todo"] if self.rows["complete_code"][i] == 0]
         if not todo:
             return
-        from harness.bounds.complete import verify_sample
-        from harness.bounds.ibp import ibp_bounds
-        from harness.bounds.lirpa import lirpa_margin_bounds, lirpa_relu_bounds
-        from harness.bounds.milp import MILPNetwork, intersect_relu_bounds
-        from harness.bounds.spec import input_box, spec_matrix
+
+        # Deferred: importing auto_LiRPA patches torch (harness.bounds.lirpa_compat) and is not needed by a
+        # certification without the complete stage, nor by a command that only imports this module.
+        from harness.bounds import lirpa
 
         model = copy.deepcopy(self.model).cpu().float().eval()
         net = MILPNetwork.from_model(model, tuple(self.x.shape[1:]))
@@ -264,9 +268,9 @@ class Cascade:
             lo, hi = input_box(x, self.eps)
             with torch.no_grad():
                 own = ibp_bounds(model, lo, hi, spec_matrix(y, net.num_classes)).preact
-            crown = lirpa_relu_bounds(model, x, y, self.eps, "crown")
-            known = torch.maximum(lirpa_margin_bounds(model, x, y, self.eps, "crown"),
-                                  lirpa_margin_bounds(model, x, y, self.eps, "crown-ibp"))
+            crown = lirpa.lirpa_relu_bounds(model, x, y, self.eps, "crown")
+            known = torch.maximum(lirpa.lirpa_margin_bounds(model, x, y, self.eps, "crown"),
+                                  lirpa.lirpa_margin_bounds(model, x, y, self.eps, "crown-ibp"))
             bounds = intersect_relu_bounds(own, crown)
             unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in bounds)
             stats.setdefault("unstable", []).append(unstable)
@@ -298,7 +302,6 @@ class Cascade:
         broken = np.zeros(self.n, dtype=bool)
         if not len(certified):
             return
-        from harness.attacks.autoattack import autoattack
 
         def fn(j):
             xb, yb = self.on_device(j)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.plots.style import save_figure, method_style, plt
+from harness.certification.run import GAP_STAGES, gap_col
+from harness.report.plots.style import method_style, plt, save_figure
 from harness.rundir import RunDir
+
 
 def _cert_column(df: pd.DataFrame) -> str:
     """Best full-test-set certifier column (cumulative IBP + CROWN-IBP)."""
@@ -122,7 +124,6 @@ def training_curves_plot(summary: pd.DataFrame, runs_root: Path, dataset: str, e
 
 def gap_plot(summary: pd.DataFrame, runs_root: Path, dataset: str, eps_label: str, path: Path) -> bool:
     """Per run, the gap between the best attack and the best certificate after each cascade stage."""
-    from harness.certify import GAP_STAGES, gap_col
 
     ok = summary[(summary["status"] == "ok") & (summary["dataset"] == dataset) & (summary["eps_label"] == eps_label)]
     cols = [gap_col(s) for s in GAP_STAGES]

@@ -1,7 +1,7 @@
 """The shared training loop, with exact resume from a run folder's checkpoints.
 
-The loop knows no method by name: it asks ``harness.methods`` for a loss. Run folders, checkpoints and
-provenance are :mod:`harness.rundir`'s; devices and their arithmetic :mod:`harness.device`'s.
+The loop knows no method by name: it asks ``harness.training.methods`` for a loss. Run folders, checkpoints and
+provenance are :mod:`harness.rundir`'s; devices and their arithmetic :mod:`harness.runtime.device`'s.
 """
 
 from __future__ import annotations
@@ -19,15 +19,34 @@ from tqdm import tqdm
 
 from harness.attacks import pgd_robust
 from harness.bounds.ibp import ibp_bounds
-from harness.bounds.spec import input_box, spec_matrix
-from harness.config import RUNS, ConfigError, RunConfig
-from harness.device import (device_name, exact_arithmetic, peak_memory_gib, reset_peak_memory, resolve_device,
-                            training_arithmetic)
-from harness.methods import METHODS, TERMS, Batch, make_method
+from harness.bounds.spec import spec_matrix
+from harness.config.constraints import ConfigError
+from harness.config.settings import RUNS, RunConfig
+from harness.data import get_info, load_split, make_loader
 from harness.models import frozen_batch_stats, ibp_init
-from harness.rundir import (RunDir, atomic_write_text, git_commit, load_checkpoint, load_model, model_for, now,
-                            save_checkpoint, versions, write_json)
+from harness.rundir import (
+    RunDir,
+    atomic_write_text,
+    git_commit,
+    load_checkpoint,
+    load_model,
+    model_for,
+    now,
+    save_checkpoint,
+    versions,
+    write_json,
+)
+from harness.runtime.device import (
+    device_name,
+    exact_arithmetic,
+    peak_memory_gib,
+    reset_peak_memory,
+    resolve_device,
+    training_arithmetic,
+)
 from harness.schedules import eps_at, lr_at
+from harness.threat_model import input_box
+from harness.training.methods import METHODS, TERMS, Batch, make_method
 
 
 class TrainingError(RuntimeError):
@@ -155,7 +174,6 @@ class _EpochSums:
 def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None, progress: bool | None = None,
           log=print) -> RunDir:
     """Train ``cfg`` to completion, resuming from its last good checkpoint; a finished run is skipped."""
-    from harness.data import get_info, load_split, make_loader
 
     cfg.validate()
     runs_root = runs_root or RUNS

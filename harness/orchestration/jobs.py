@@ -15,7 +15,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.config import CertifySettings, PlannedRun, RunConfig
+from harness.certification.run import certify_run, summarize
+from harness.config.profile import PlannedRun
+from harness.config.settings import CertifySettings, RunConfig
+from harness.rundir import RunDir, claim
+from harness.training.loop import train
 
 
 @dataclass(frozen=True)
@@ -71,9 +75,6 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print) -> JobResult:
 
 
 def _run_job(spec: JobSpec, log: Callable[[str], None]) -> JobResult:
-    from harness.certify import certify_run, summarize
-    from harness.rundir import RunDir, claim
-    from harness.train import train
 
     cfg = RunConfig.from_dict(spec.config, source=f"job {spec.run_id}")
     settings = spec.certify_settings()

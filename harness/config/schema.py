@@ -1,11 +1,12 @@
-"""The configuration schema: pydantic models generated from the harness's typed dataclasses.
+"""The validation machinery: strict pydantic models generated from the harness's typed dataclasses.
 
 What a field accepts is stated once, in the annotation of the dataclass that holds it
-(:class:`harness.config.RunConfig`, :class:`harness.config.CertifySettings`,
-:class:`harness.config.SlurmSettings`, each method's parameters in :mod:`harness.methods`); this
-module turns those annotations into strict pydantic v2 models (no bool for an int, no float for an
-int, no string for a number, unknown keys refused) and assembles the profile format from them.
-``python -m harness check --schema`` prints the JSON schema of both file formats.
+(:class:`harness.config.settings.RunConfig`, :class:`harness.config.settings.CertifySettings`,
+:class:`harness.config.settings.SlurmSettings`, each method's parameters in :mod:`harness.config.methods`);
+this module turns those annotations into strict pydantic v2 models (no bool for an int, no float for an
+int, no string for a number, unknown keys refused). The two file formats are assembled beside the
+dataclasses they describe (:mod:`harness.config.settings`, :mod:`harness.config.profile`);
+``python -m harness check --schema`` prints their JSON schemas.
 
 Every validation error becomes one line naming the file, the field path (``settings[1].methods_params.
 ad_cert.alpha``), the value and what is allowed, with the nearest known key suggested for a typo.
@@ -15,18 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import tomllib
 import typing
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError,
-                      create_model, field_validator)
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot be run; the message names the file, the field and what is allowed."""
-
+from harness.config.constraints import ConfigError
 
 STRICT = ConfigDict(strict=True, extra="forbid")
 
@@ -90,32 +89,26 @@ def model_of(cls: type, name: str, *, exclude: tuple[str, ...] = (), only: tuple
 
 
 @cache
-def method_params_model(method: str, sweep: bool = False) -> type[BaseModel]:
-    """The parameters of one training method (all optional; a method's defaults fill the rest)."""
-    from harness.methods import METHODS
+def params_model(cls: type, sweep: bool = False) -> type[BaseModel]:
+    """The parameters of dataclass ``cls`` (e.g. a method's), all optional: its defaults fill the rest.
 
-    return model_of(METHODS[method], f"{method}_params{'_sweep' if sweep else ''}", optional=True, sweep=sweep)
-
-
-@cache
-def methods_table_model(sweep: bool) -> type[BaseModel]:
-    """``[methods.<name>]`` / ``methods_params.<name>``: one optional parameter table per method."""
-    from harness.methods import METHODS
-
-    fields = {m: (method_params_model(m, sweep) | None, None) for m in METHODS}
-    return create_model("methods_sweep" if sweep else "methods", __config__=STRICT, **fields)
+    ``sweep``: every field also accepts a non-empty list of values (one run per value).
+    """
+    name = getattr(cls, "name", "") or cls.__name__
+    return model_of(cls, f"{name}_params{'_sweep' if sweep else ''}", optional=True, sweep=sweep)
 
 
-def check_method_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Validate one method's parameters (strict); returns those given, typed. Raises ValueError."""
+def check_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate parameters of dataclass ``cls`` (strict); returns those given, typed. Raises ValueError."""
+    model = params_model(cls)
     try:
-        model = method_params_model(method).model_validate(params)
+        out = model.model_validate(params)
     except ValidationError as e:
-        raise ValueError(f"{method}: {format_error(e, method_params_model(method))}") from None
-    return model.model_dump(exclude_unset=True)
+        raise ValueError(f"{getattr(cls, 'name', '') or cls.__name__}: {format_error(e, model)}") from None
+    return out.model_dump(exclude_unset=True)
 
 
-_FRACTION = r"^\s*\d+(\.\d*)?\s*/\s*\d*[1-9]\d*(\.\d*)?\s*$"
+FRACTION = r"^\s*\d+(\.\d*)?\s*/\s*\d*[1-9]\d*(\.\d*)?\s*$"
 
 
 def eps_value(v: float | str) -> float:
@@ -124,113 +117,6 @@ def eps_value(v: float | str) -> float:
         num, den = v.split("/")
         return float(num) / float(den)
     return float(v)
-
-
-# ---- the two file formats --------------------------------------------------------------------------
-
-@cache
-def run_config_model() -> type[BaseModel]:
-    """A run config file (``python -m harness train RUN.toml``): every RunConfig field."""
-    from harness.config import RunConfig
-
-    class _Run(BaseModel):
-        model_config = STRICT
-
-        @field_validator("lr_milestones", check_fields=False)
-        @classmethod
-        def _ascending(cls, v):
-            if v is not None and list(v) != sorted(set(v)):
-                raise ValueError("lr_milestones must be strictly increasing epochs")
-            return v
-
-    return model_of(RunConfig, "run_config", base=_Run)
-
-
-@cache
-def run_options_model() -> type[BaseModel]:
-    """RunConfig fields a profile's ``[defaults]`` or one of its settings may set (all optional)."""
-    from harness.config import PLANNED_FIELDS, RunConfig
-
-    return model_of(RunConfig, "run_options", exclude=PLANNED_FIELDS, optional=True, base=run_config_model().__base__)
-
-
-@cache
-def profile_model() -> type[BaseModel]:
-    """A profile file (``benchmarks/<name>.toml``, or any path)."""
-    from harness.config import CertifySettings, RunConfig, SlurmSettings
-    from harness.methods import METHODS
-
-    hints = typing.get_type_hints(RunConfig, include_extras=True)
-    method_name = Literal[tuple(METHODS)]
-    options = run_options_model()
-
-    class Meta(BaseModel):
-        model_config = STRICT
-        name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)] | None = None
-        description: str = ""
-        seeds: Annotated[list[hints["seed"]], Field(min_length=1)] = [0]
-
-        @field_validator("seeds")
-        @classmethod
-        def _unique(cls, v):
-            if len(set(v)) != len(v):
-                raise ValueError("seeds must not repeat")
-            return v
-
-    class _Setting(options):  # type: ignore[valid-type,misc]
-        @field_validator("eps", mode="after", check_fields=False)
-        @classmethod
-        def _eps_text(cls, v):
-            if isinstance(v, str):
-                value = eps_value(v)
-                if not 0.0 <= value <= 1.0:
-                    raise ValueError(f"{v} = {value:g} is outside [0, 1] (pixels lie in [0, 1])")
-            return v
-
-        @field_validator("methods", check_fields=False)
-        @classmethod
-        def _unique(cls, v):
-            if len(set(v)) != len(v):
-                raise ValueError("methods must not repeat")
-            return v
-
-    setting = create_model(
-        "setting", __base__=_Setting,
-        dataset=(hints["dataset"], ...),
-        eps=(Annotated[Union[hints["eps"], Annotated[str, Field(pattern=_FRACTION)]],
-                       Field(union_mode="left_to_right")], ...),
-        methods=(Annotated[list[method_name], Field(min_length=1)], ...),
-        methods_params=(methods_table_model(True) | None, None),
-        # this setting's own certification values (e.g. budgets per dataset); [certify] gives the rest
-        certify=(model_of(CertifySettings, "setting_certify", optional=True) | None, None),
-    )
-
-    teacher_options = model_of(RunConfig, "teacher_options", only=("train_eps_factor", "epochs", "init"),
-                               optional=True, base=options.__base__)
-
-    class Variant(BaseModel):
-        model_config = STRICT
-        name: Annotated[str, Field(min_length=1, max_length=64)]
-        params: method_params_model("ad_cert") | None = None          # type: ignore[valid-type]
-        teacher: teacher_options | None = None                         # type: ignore[valid-type]
-        teacher_params: method_params_model("pgd") | None = None       # type: ignore[valid-type]
-
-    class Ablations(BaseModel):
-        model_config = STRICT
-        base: method_params_model("ad_cert")                           # type: ignore[valid-type]
-        variants: Annotated[list[Variant], Field(min_length=1)]
-        seeds: Annotated[list[hints["seed"]], Field(min_length=1)] | None = None   # default: the profile's
-
-    return create_model(
-        "profile", __config__=STRICT,
-        profile=(Meta, Meta()),
-        defaults=(options | None, None),
-        methods=(methods_table_model(True) | None, None),
-        certify=(model_of(CertifySettings, "certify") | None, None),
-        slurm=(model_of(SlurmSettings, "slurm") | None, None),
-        ablations=(Ablations | None, None),
-        settings=(Annotated[list[setting], Field(min_length=1)], ...),
-    )
 
 
 def validate(model: type[BaseModel], data: Any, source: str, at: tuple = ()) -> BaseModel:
@@ -315,16 +201,8 @@ def format_error(e: ValidationError, model: type[BaseModel], at: tuple = ()) -> 
     return msg + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
 
 
-def json_schemas() -> dict[str, Any]:
-    """The JSON schema of a profile and of a run config file (what ``check --schema`` prints)."""
-    return {"profile": profile_model().model_json_schema(), "run_config": run_config_model().model_json_schema()}
-
-
 def read_toml_or_json(path: Path, what: str) -> dict[str, Any]:
     """The table a config file holds, or a one-line ConfigError (missing, a folder, not text, bad syntax)."""
-    import json
-    import tomllib
-
     if not path.exists():
         raise ConfigError(f"{path}: {what} file does not exist")
     if path.is_dir():
@@ -348,6 +226,5 @@ def read_toml_or_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-__all__ = ["ConfigError", "STRICT", "check_method_params", "format_error", "json_schemas", "method_params_model",
-           "methods_table_model", "model_of", "profile_model", "read_toml_or_json", "run_config_model",
-           "run_options_model", "sweepable", "validate", "TypeAdapter"]
+__all__ = ["ConfigError", "FRACTION", "STRICT", "check_params", "eps_value", "format_error", "model_of", "params_model",
+           "read_toml_or_json", "sweepable", "validate"]

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import torch
 
-from harness.schema import ConfigError
+from harness.config.constraints import ConfigError
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -29,7 +29,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.config import REPO, CertifySettings, Profile, load_profile
+from harness.bench.bounds import bench_bounds
+from harness.bench.train import bench_train
+from harness.bounds.lirpa_compat import APPLIED_PATCHES
+from harness.certification.run import certify_paths
+from harness.config.profile import Profile, load_profile
+from harness.config.settings import REPO, CertifySettings
+from harness.orchestration.pipeline import reproduce
+from harness.rundir import RunDir, atomic_write_text, now, write_json
+from harness.runtime.device import device_name, resolve_device
 
 SLICE_CERTIFY = CertifySettings(n_test=1000, crown_samples=8, alpha_crown_samples=4, pgd_steps=50, pgd_restarts=1,
                                 batch_size=500, crown_batch_size=8, alpha_iterations=20)
@@ -55,8 +63,6 @@ def slice_profile(epochs: int, tiny: bool) -> Profile:
 def _stage_environment(device: str) -> dict[str, Any]:
     import torch
 
-    from harness.device import device_name, resolve_device
-    from harness.lirpa_compat import APPLIED_PATCHES
 
     dev = resolve_device(device)
     return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -68,9 +74,6 @@ def _stage_environment(device: str) -> dict[str, Any]:
 def _stage_paper_slice(device: str, out: Path, epochs: int, tiny: bool, log) -> dict[str, Any]:
     import pandas as pd
 
-    from harness.certify import certify_paths
-    from harness.pipeline import reproduce
-    from harness.rundir import RunDir
 
     profile = slice_profile(epochs, tiny)
     runs = out / "runs"
@@ -126,8 +129,6 @@ def _stage_cuda_tests(log) -> dict[str, Any]:
 
 
 def _stage_bench(device: str, out: Path, tiny: bool, log) -> dict[str, Any]:
-    from harness.bench.bounds import bench_bounds
-    from harness.bench.train import bench_train
 
     models = [TINY_ARCH] if tiny else [("cnn7", 64)]
     repeats = 2 if tiny else 5
@@ -170,7 +171,6 @@ def gpucheck(device: str = "cuda", out: Path | None = None, *, tiny: bool = Fals
              stages: tuple[str, ...] = ("environment", "paper-slice", "cuda-tests", "bench"),
              log: Callable[[str], None] = print) -> int:
     """Run the stages, write ``gpucheck.json`` and ``gpucheck.md`` to ``out``; 0 only if all passed."""
-    from harness.rundir import atomic_write_text, now, write_json
 
     out = out or REPO / "runs" / "gpucheck"
     out.mkdir(parents=True, exist_ok=True)

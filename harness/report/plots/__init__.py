@@ -1,7 +1,7 @@
 """Figures from stored records (``make figures``), per profile under ``plots/<profile>/``.
 
-:mod:`harness.plots.runs`: per setting, accuracy vs certified accuracy, certified accuracy vs eps and
-training curves; :mod:`harness.plots.sweeps`: for profiles with sweeps, the Pareto plot of the
+:mod:`harness.report.plots.runs`: per setting, accuracy vs certified accuracy, certified accuracy vs eps and
+training curves; :mod:`harness.report.plots.sweeps`: for profiles with sweeps, the Pareto plot of the
 trade-off curves and the paired differences against alpha.
 """
 
@@ -11,11 +11,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.config import RUNS
-from harness.plots.runs import eps_curve_plot, gap_plot, training_curves_plot, tradeoff_plot
-from harness.plots.style import PLOTS
+from harness.config.constraints import ConfigError
+from harness.config.profile import Profile, load_profile
+from harness.config.settings import RUNS
+from harness.report.plots.runs import eps_curve_plot, gap_plot, tradeoff_plot, training_curves_plot
+from harness.report.plots.style import PLOTS
+from harness.report.plots.sweeps import paired_plot, pareto_plot
+from harness.report.tables import PUBLISHED, RESULTS
+from harness.report.tradeoff import run_items
 from harness.rundir import remove_stale_temporaries
-from harness.tables import PUBLISHED, RESULTS
 
 __all__ = ["PLOTS", "build_figures"]
 
@@ -27,7 +31,6 @@ def build_figures(profiles: list | None = None, results_dir: Path | None = None,
     ``profiles``: Profile objects or names (default: every profile with a summary under ``results_dir``).
     Figures go to ``<plots_dir>/<profile>/``; returns the files written.
     """
-    from harness.config import Profile
 
     results_dir, plots_dir, runs_root = results_dir or RESULTS, plots_dir or PLOTS, runs_root or RUNS
     if profiles is None:
@@ -70,9 +73,6 @@ def build_figures(profiles: list | None = None, results_dir: Path | None = None,
 def _sweep_figures(profile, name: str, results_dir: Path, summary: pd.DataFrame, published: pd.DataFrame,
                    folder: Path) -> list[Path]:
     """The Pareto and paired-difference figures of a profile with sweeps (none otherwise)."""
-    from harness.config import ConfigError, load_profile
-    from harness.plots.sweeps import paired_plot, pareto_plot
-    from harness.tradeoff import run_items
 
     costs_path = results_dir / name / "costs.csv"
     if not costs_path.exists():

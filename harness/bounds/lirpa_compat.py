@@ -6,7 +6,7 @@ TorchScript helpers fail, and 0.3 itself has an alpha-CROWN bug. This module fix
 runtime, **only when a check shows the fix is needed**, so where one is not needed it changes
 nothing. Project code must import auto_LiRPA only through here::
 
-    from harness.lirpa_compat import BoundedModule, BoundedTensor, PerturbationLpNorm
+    from harness.bounds.lirpa_compat import BoundedModule, BoundedTensor, PerturbationLpNorm
 
 The fixes, as short names recorded in :data:`APPLIED_PATCHES` when applied:
 
@@ -492,7 +492,7 @@ def _import_auto_lirpa() -> tuple[types.ModuleType, tuple[str, ...]]:
         left = scripted_lirpa_functions()
         if left:
             warnings.warn(f"auto_LiRPA functions still run as TorchScript (imported before "
-                          f"harness.lirpa_compat?): {', '.join(left)}; they may fail on CUDA "
+                          f"harness.bounds.lirpa_compat?): {', '.join(left)}; they may fail on CUDA "
                           f"(set PYTORCH_JIT=0 to avoid that)", RuntimeWarning, stacklevel=2)
     applied += _runtime_fixes(lirpa)
     return lirpa, tuple(applied)
@@ -508,7 +508,7 @@ from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm  # noqa:
 _SPARSE_FEATURES_ALPHA = "sparse_features_alpha"
 if _SPARSE_FEATURES_ALPHA not in inspect.getsource(BoundedModule.__init__):
     raise ImportError(f"this auto_LiRPA ({getattr(auto_LiRPA, '__version__', '?')}) has no "
-                      f"{_SPARSE_FEATURES_ALPHA!r} option; harness.lirpa_compat targets 0.3")
+                      f"{_SPARSE_FEATURES_ALPHA!r} option; harness.bounds.lirpa_compat targets 0.3")
 
 
 def safe_bound_opts() -> dict[str, Any]:

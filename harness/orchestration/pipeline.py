@@ -11,16 +11,22 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from harness.config import RUNS, PlannedRun, Profile, load_profile
-from harness.eta import Progress, fmt_duration
-from harness.executors import Outcome, make_executor
-from harness.jobs import JobSpec
+from harness.certification.run import is_certified
+from harness.config.constraints import ConfigError
+from harness.config.profile import PlannedRun, Profile, load_profile
+from harness.config.settings import RUNS
+from harness.data import DatasetUnavailableError, ensure_dataset
+from harness.orchestration.eta import Progress, estimate, fmt_duration
+from harness.orchestration.executors import Outcome, make_executor
+from harness.orchestration.jobs import JobSpec
+from harness.report.plots import build_figures
+from harness.report.tables import build_tables
+from harness.rundir import RunDir
+from harness.runtime.device import resolve_device
 
 
 def plan_state(profile: Profile, runs_root: Path) -> dict[str, str]:
     """Per run id: ``certified`` (nothing to do), ``trained`` (certify only) or ``todo``."""
-    from harness.certify import is_certified
-    from harness.rundir import RunDir
 
     out = {}
     for p in profile.plan():
@@ -33,7 +39,6 @@ def plan_state(profile: Profile, runs_root: Path) -> dict[str, str]:
 def available_datasets(profile: Profile, log: Callable[[str], None] = lambda _: None, *,
                        allow_download: bool = True) -> tuple[set[str], dict[str, str]]:
     """(datasets that are here, or could be fetched when ``allow_download``; {dataset: why not} for the others)."""
-    from harness.data import DatasetUnavailableError, ensure_dataset
 
     ok, skipped = set(), {}
     for ds in dict.fromkeys(s.dataset for s in profile.settings):
@@ -53,13 +58,8 @@ def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_
     """Run a whole profile; returns 0 when every available run finished (skipped data is reported)."""
     from dataclasses import replace
 
-    from harness.device import resolve_device
-    from harness.eta import estimate
-    from harness.plots import build_figures
-    from harness.tables import build_tables
 
     if train_only and executor == "slurm":
-        from harness.schema import ConfigError
 
         raise ConfigError("--train-only works with the inline and local executors (a SLURM job trains and certifies)")
     runs_root = runs_root or RUNS

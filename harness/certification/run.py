@@ -3,7 +3,7 @@
 Writes ``runs/<id>/certify-<key>.csv`` (per-sample records) and ``runs/<id>/certify-<key>.json``
 (settings, per-stage wall time, what each budgeted stage covered, batch sizes, peak memory, the complete
 verifier's counts), ``<key>`` being a hash of the certification settings, so a run that several
-profiles share keeps one certification per profile's settings. The stages are :mod:`harness.cascade`'s:
+profiles share keeps one certification per profile's settings. The stages are :mod:`harness.certification.cascade`'s:
 
     clean -> PGD -> IBP (own, and auto_LiRPA's beside it) -> CROWN-IBP -> CROWN -> alpha-CROWN
           -> AutoAttack -> complete verification (MILP) -> AutoAttack on certified samples (alarm)
@@ -22,9 +22,9 @@ the same settings give the same records on any machine (the complete verifier's 
 wall-clock cap is the one exception; ``certify-<key>.json`` counts the samples that hit it).
 
 Every random draw (PGD's and AutoAttack's starts) comes from generators seeded by the run id and the
-stage (per sample for PGD: :mod:`harness.randomness`), so a re-run or a resumed certification writes
+stage (per sample for PGD: :mod:`harness.runtime.randomness`), so a re-run or a resumed certification writes
 byte-identical records, whatever the process did before. Certification runs in IEEE float32 /
-float64 arithmetic only (:func:`harness.device.exact_arithmetic`).
+float64 arithmetic only (:func:`harness.runtime.device.exact_arithmetic`).
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.cascade import (CERTIFIERS, Cascade, InvariantError, budgeted, col, covered_key,  # noqa: F401
-                             margin_col)
-from harness.config import CertifySettings
-from harness.device import device_name, exact_arithmetic, peak_memory_gib, reset_peak_memory, resolve_device
+from harness.bounds import certify as certify_batch
+from harness.certification.cascade import CERTIFIERS, Cascade, InvariantError, budgeted, col, covered_key, margin_col  # noqa: F401
+from harness.config.settings import CertifySettings
 from harness.rundir import RunDir, atomic_write_text, write_json
+from harness.runtime.device import device_name, exact_arithmetic, peak_memory_gib, reset_peak_memory, resolve_device
 
 __all__ = ["CERTIFIERS", "InvariantError", "budgeted", "certify_paths", "certify_run", "check_invariants", "col",
            "covered_key", "gap_col", "is_certified", "margin_col", "summarize"]
@@ -126,7 +126,6 @@ def eps_sweep(c: Cascade) -> list[dict]:
     """Own-IBP certified accuracy of the model at fractions of its eps (the certified-vs-eps curve)."""
     import time
 
-    from harness.bounds import certify as certify_batch
 
     sweep = []
     m = min(c.settings.n_sweep, c.n)

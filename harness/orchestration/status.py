@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.config import RUNS, load_profile
+from harness.certification.run import is_certified
+from harness.config.profile import load_profile
+from harness.config.settings import RUNS
+from harness.orchestration.executors import squeue_states
+from harness.orchestration.pipeline import available_datasets
+from harness.rundir import RunDir, describe_job, is_locked, job_record
 
 
 def _tail(run_path: Path, lines: int) -> list[str]:
@@ -26,9 +31,6 @@ def _tail(run_path: Path, lines: int) -> list[str]:
 
 def run_status(run, certify) -> tuple[str, str]:
     """(state, detail) of one run folder."""
-    from harness.certify import is_certified
-    from harness.executors import squeue_states
-    from harness.rundir import describe_job, is_locked, job_record
 
     rec = job_record(run)
     if run.finished and is_certified(run, certify):
@@ -56,8 +58,6 @@ def run_status(run, certify) -> tuple[str, str]:
 
 def print_status(profile_name: str | Path, runs_root: Path | None = None, lines: int = 3) -> int:
     """Print one line per run and a count per state; returns 0."""
-    from harness.pipeline import available_datasets
-    from harness.rundir import RunDir
 
     profile = load_profile(profile_name)
     runs_root = runs_root or RUNS

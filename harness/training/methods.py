@@ -1,15 +1,16 @@
 """Training methods: each is a loss over one batch given the model, an optional teacher and the eps.
 
-The shared training loop (``harness.train``) knows no method by name: it builds one from
+The shared training loop (``harness.training.loop``) knows no method by name: it builds one from
 :data:`METHODS` with the run's parameters and calls it inside ``frozen_batch_stats`` so that
-BatchNorm statistics come from the clean pass (which every method computes first).
-Formulas: shared/methods.md.
+BatchNorm statistics come from the clean pass (which every method computes first). Each method is a
+subclass of its parameter class in :mod:`harness.config.methods` (fields, defaults, validation) that
+adds the loss. Formulas: docs/methods.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,20 @@ from torch import nn
 
 from harness.attacks import pgd_attack
 from harness.bounds.ibp import ibp_bounds
-from harness.bounds.spec import input_box, spec_matrix
-from harness.constraints import AttackSteps, Fraction, NonNegative, Positive
+from harness.bounds.spec import spec_matrix
+from harness.config.methods import (
+    ADCERTParams,
+    CCIBPParams,
+    ExpIBPParams,
+    IBPParams,
+    MethodParams,
+    MTLIBPParams,
+    PGDParams,
+    StandardParams,
+    method_params,
+)
+from harness.config.schema import check_params
+from harness.threat_model import input_box
 
 
 @dataclass
@@ -139,23 +152,8 @@ def _input_radius_normalised(model: nn.Module, lo: torch.Tensor, hi: torch.Tenso
     return (r / std).mean() if std is not None else r.mean()
 
 
-@dataclass
-class Method:
-    """Base class: parameters are dataclass fields whose annotations carry their allowed values.
-
-    The annotations (types, ranges, choices) are the one statement of what a parameter accepts: the
-    configuration schema (:mod:`harness.schema`) is generated from them, and ``__post_init__``
-    validates through that schema, so a method built in code is held to the same rules.
-    """
-
-    name: ClassVar[str] = ""
-    needs_teacher: ClassVar[bool] = False
-    uses_ibp_init: ClassVar[bool] = False
-
-    def __post_init__(self) -> None:
-        from harness.schema import check_method_params  # late: the schema imports this module
-
-        check_method_params(self.name, {f.name: getattr(self, f.name) for f in fields(self)})
+class Method(MethodParams):
+    """A method: its parameters (a :class:`harness.config.methods.MethodParams` subclass) and its loss."""
 
     def __call__(self, b: Batch) -> LossOut:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -192,10 +190,9 @@ def _attack(b: Batch, method, loss: str = "ce", target_log_probs=None) -> torch.
 
 
 @dataclass
-class Standard(Method):
+@dataclass
+class Standard(StandardParams, Method):
     """CE(f(x), y)."""
-
-    name: ClassVar[str] = "standard"
 
     def __call__(self, b: Batch) -> LossOut:
         logits, ce = _clean(b)
@@ -203,14 +200,8 @@ class Standard(Method):
 
 
 @dataclass
-class PGDAT(Method):
+class PGDAT(PGDParams, Method):
     """PGD adversarial training (Madry et al.): CE(f(x_adv), y). Also the AD-CERT teacher."""
-
-    name: ClassVar[str] = "pgd"
-    attack_steps: AttackSteps = 10
-    attack_restarts: AttackSteps = 1
-    attack_range: Positive = 1.0         # the attack's radius in units of the current eps
-    attack_step_size: NonNegative = 0.0  # in units of eps; 0 = 2.5 / steps
 
     def __call__(self, b: Batch) -> LossOut:
         logits, ce = _clean(b)  # sets the clean BN statistics
@@ -220,13 +211,8 @@ class PGDAT(Method):
 
 
 @dataclass
-class IBP(Method):
+class IBP(IBPParams, Method):
     """Shi et al. (2021): (1 - w) CE(f(x), y) + w L_IBP + faded warm-up regularisers."""
-
-    name: ClassVar[str] = "ibp"
-    uses_ibp_init: ClassVar[bool] = True
-    robust_weight: Fraction = 1.0        # w: (1 - w) clean CE + w IBP loss
-    regulariser: NonNegative = 0.5       # lambda of Shi et al.'s warm-up regularisers (0: off)
 
     def __call__(self, b: Batch) -> LossOut:
         logits, ce = _clean(b)
@@ -236,23 +222,8 @@ class IBP(Method):
 
 
 @dataclass
-class _Expressive(Method):
-    """Shared fields of the expressive losses (MTL-IBP, CC-IBP, Exp-IBP) and AD-CERT."""
-
-    uses_ibp_init: ClassVar[bool] = True
-    alpha: Fraction = 0.5                # weight of the IBP term against the adversarial one
-    attack_steps: AttackSteps = 1
-    attack_restarts: AttackSteps = 1
-    attack_range: Positive = 1.0         # beta: the attack's radius in units of the current eps
-    attack_step_size: NonNegative = 0.0  # in units of eps; 0 = 2.5 / steps
-    regulariser: NonNegative = 0.5
-
-
-@dataclass
-class MTLIBP(_Expressive):
+class MTLIBP(MTLIBPParams, Method):
     """De Palma et al. (2024): alpha L_IBP + (1 - alpha) CE(f(x_adv), y)."""
-
-    name: ClassVar[str] = "mtl_ibp"
 
     def combine(self, robust: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
         return self.alpha * robust + (1 - self.alpha) * adv
@@ -267,10 +238,8 @@ class MTLIBP(_Expressive):
 
 
 @dataclass
-class CCIBP(_Expressive):
+class CCIBP(CCIBPParams, Method):
     """CC-IBP: L(alpha m_IBP + (1 - alpha) m_adv) on margins in logit-difference space."""
-
-    name: ClassVar[str] = "cc_ibp"
 
     def __call__(self, b: Batch) -> LossOut:
         logits, ce = _clean(b)
@@ -283,31 +252,23 @@ class CCIBP(_Expressive):
 
 
 @dataclass
-class ExpIBP(MTLIBP):
+class ExpIBP(ExpIBPParams, Method):
     """Exp-IBP: L_IBP^alpha * L_adv^(1 - alpha) (MTL-IBP's terms, combined multiplicatively)."""
-
-    name: ClassVar[str] = "exp_ibp"
 
     def combine(self, robust: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
         return robust.clamp_min(1e-12) ** self.alpha * adv.clamp_min(1e-12) ** (1 - self.alpha)
 
+    __call__ = MTLIBP.__call__  # MTL-IBP's terms; only ``combine`` differs
+
 
 @dataclass
-class ADCERT(_Expressive):
+class ADCERT(ADCERTParams, Method):
     """AD-CERT as implemented by its authors (shared/methods.md).
 
     L = (1 - w) CE(f_S(x), y) + w [alpha L_IBP + (1 - alpha) L_AD]   (alpha > 0)
     L = (1 - w) CE(f_S(x), y) + w L_AD                                (alpha = 0)
     L_AD = KL(p_T(x_T) || p_S(x_adv)), batch mean; x_adv from PGD on the student.
     """
-
-    name: ClassVar[str] = "ad_cert"
-    needs_teacher: ClassVar[bool] = True
-    robust_weight: Fraction = 1.0
-    teacher_input: Literal["clean", "adv"] = "clean"
-    attack_loss: Literal["ce", "kl"] = "ce"   # "kl": soft-label attack against the teacher (training only)
-    variant: Literal["ad", "rslad", "natkl"] = "ad"
-    init_from_teacher: bool = False
 
     def __call__(self, b: Batch) -> LossOut:
         if b.teacher is None:
@@ -352,15 +313,6 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (Standard, PGDAT, IBP, MT
 
 def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
     """Build a method by name from its parameters; unknown names or parameters are clear errors."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    from harness.schema import check_method_params
-
-    return METHODS[name](**check_method_params(name, dict(params or {})))
-
-
-def method_defaults(name: str) -> dict[str, Any]:
-    """All parameters of a method with their default values (what a run config records)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    return {f.name: f.default for f in fields(METHODS[name])}
+    method_params(name)  # an unknown name: the configuration's error
+    cls = METHODS[name]
+    return cls(**check_params(cls, dict(params or {})))

@@ -1,8 +1,8 @@
-"""Value constraints of configuration fields, as annotated types.
+"""Value constraints of configuration fields, as annotated types, and the error a bad value raises.
 
-Dataclasses of the harness (:class:`harness.config.RunConfig`, the methods' parameters, the
+Dataclasses of the harness (:class:`harness.config.profile.RunConfig`, the methods' parameters, the
 certification and SLURM settings) annotate their fields with these types, so each field states in
-one place what it accepts; :mod:`harness.schema` builds the validating pydantic models from those
+one place what it accepts; :mod:`harness.config.schema` builds the validating pydantic models from those
 annotations. Every float is finite (no NaN, no infinity).
 """
 
@@ -31,3 +31,7 @@ AtLeastOne = Annotated[int, Field(ge=1)]
 AttackSteps = Annotated[int, Field(ge=1)]
 #: A random seed.
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the file, the field and what is allowed."""

@@ -19,8 +19,14 @@ from typing import Callable
 
 import torch
 
-from harness.config import RunConfig
-from harness.device import device_name
+from harness.config.settings import RunConfig
+from harness.data import get_info
+from harness.models import frozen_batch_stats
+from harness.orchestration.jobs import set_threads
+from harness.rundir import model_for
+from harness.runtime.device import device_name, training_arithmetic
+from harness.training.loop import evaluate, prepare_model
+from harness.training.methods import METHODS, Batch, make_method
 
 
 def fmt_duration(seconds: float) -> str:
@@ -32,8 +38,7 @@ def fmt_duration(seconds: float) -> str:
 
 
 def train_images(cfg: RunConfig) -> int:
-    """Number of training images a run uses per epoch (as :func:`harness.train.train` splits them)."""
-    from harness.data import get_info
+    """Number of training images a run uses per epoch (as :func:`harness.training.loop.train` splits them)."""
 
     n_train = get_info(cfg.dataset).train_size
     n = n_train - min(cfg.val_size, n_train // 10)
@@ -46,7 +51,6 @@ def steps_per_epoch(cfg: RunConfig) -> int:
 
 def cost_key(cfg: RunConfig) -> str:
     """The config fields a training step's time depends on (not the seed, eps or schedule)."""
-    from harness.data import get_info
 
     return json.dumps([cfg.method, cfg.params, get_info(cfg.dataset).in_shape, cfg.arch, cfg.width, cfg.batch_size,
                        cfg.val_size, cfg.val_pgd_steps], sort_keys=True)
@@ -95,12 +99,6 @@ def measured_cost(cfg: RunConfig, device: torch.device, steps: int = 2) -> StepC
     The step is timed after the eps ramp (regularisers off); the validation pass is timed once on a
     slice of the run's validation size.
     """
-    from harness.data import get_info
-    from harness.device import training_arithmetic
-    from harness.methods import Batch, METHODS, make_method
-    from harness.models import frozen_batch_stats
-    from harness.rundir import model_for
-    from harness.train import evaluate, prepare_model
 
     info = get_info(cfg.dataset)
     gen = torch.Generator().manual_seed(0)
@@ -141,7 +139,6 @@ def estimate(cfgs: list[RunConfig], device: torch.device, runs_root: Path, threa
 
     ``threads``: the CPU threads each run will have (as the executor sets them); steps are timed so.
     """
-    from harness.jobs import set_threads
 
     costs: dict[str, StepCost] = {}
     out = {}

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are files
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness.config import REPO  # noqa: E402
+from harness.config.settings import REPO  # noqa: E402
 
 PLOTS = REPO / "plots"
 METHOD_STYLE = {  # one colour and marker per method, the same in every figure

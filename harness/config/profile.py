@@ -1,190 +1,40 @@
-"""Configuration as data: run configs and profiles, validated once into typed objects, and the plan.
-
-A :class:`RunConfig` is everything that determines a trained model. Its id is a readable prefix
-plus a hash of the resolved config, so an unchanged run is never redone and a changed one never
-reuses stale results. The device is deliberately not part of the id: a run started on one device
-may be resumed on another.
+"""Profiles and the plan: what to train and how to certify, expanded once into the runs of an invocation.
 
 A :class:`Profile` (``benchmarks/<name>.toml`` or any path) says what to train and how to certify.
-Its :meth:`Profile.plan` expands settings x seeds x methods, method parameters given as lists
-(sweeps: one run per value) and AD-CERT ablations into :class:`PlannedRun` s, teachers first. What
-each field accepts is in the annotations below (see :mod:`harness.constraints`); :mod:`harness.schema`
-turns them into the validating models, so nothing is run or written before the whole file is valid.
+:meth:`Profile.plan` expands settings x seeds x methods, method parameters given as lists (sweeps:
+one run per value) and AD-CERT ablations into :class:`PlannedRun` s, teachers first; the plan is
+built and validated once, when the profile is loaded, so nothing is run or written before the
+whole file is valid, and every later use reads the same plan.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import dataclass
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from harness.constraints import AtLeastOne, AttackSteps, Count, NonNegative, PixelEps, Positive, Seed
-from harness.data import DATASETS
-from harness.methods import METHODS, method_defaults
-from harness.models import ARCHITECTURES
-from harness.schedules import EPS_SCHEDULES
-from harness.schema import (ConfigError, eps_value, profile_model, read_toml_or_json, run_config_model,
-                            validate)
+from pydantic import BaseModel, Field, create_model, field_validator
 
-REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = REPO / "benchmarks"
-RUNS = REPO / "runs"
+from harness.config.constraints import ConfigError
+from harness.config.methods import METHOD_PARAMS, ADCERTParams, PGDParams
+from harness.config.schema import FRACTION, STRICT, eps_value, model_of, params_model, read_toml_or_json, validate
+from harness.config.settings import (
+    BENCHMARKS,
+    REPO,
+    CertifySettings,
+    RunConfig,
+    SlurmSettings,
+    load_run_config,
+    methods_table_model,
+    run_config_model,
+    run_options_model,
+)
 
-DatasetName = Literal[tuple(DATASETS)]
-MethodName = Literal[tuple(METHODS)]
-ArchName = Literal[tuple(ARCHITECTURES)]
-EpsSchedule = Literal[EPS_SCHEDULES]
-
-__all__ = ["BENCHMARKS", "REPO", "RUNS", "CertifySettings", "ConfigError", "PlannedRun", "Profile", "RunConfig",
-           "Setting", "SlurmSettings", "load_any", "load_profile", "load_run_config"]
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """One fully resolved training run."""
-
-    dataset: DatasetName
-    eps: PixelEps                   # the eps the model is evaluated (certified) at
-    method: MethodName
-    params: dict[str, Any] = field(default_factory=dict)   # method parameters, defaults filled in
-    arch: ArchName = "cnn_small"
-    width: AtLeastOne | None = None  # the architecture's width multiplier (None: its default)
-    init: Literal["default", "ibp"] = "default"   # "ibp": Shi et al.'s initialisation
-    seed: Seed = 0
-    epochs: AtLeastOne = 1
-    batch_size: AtLeastOne = 128
-    lr: Positive = 5e-4
-    lr_milestones: tuple[AtLeastOne, ...] = ()  # epochs after which lr is multiplied by lr_decay
-    lr_decay: Positive = 0.2
-    grad_clip: NonNegative = 10.0   # max gradient norm; 0 = no clipping
-    l1: NonNegative = 0.0           # L1 penalty on Conv/Linear weights (MTL-IBP's published settings)
-    train_eps_factor: Positive = 1.0  # training eps = factor * eps (e.g. 2 for MNIST 0.1, CC-IBP)
-    eps_schedule: EpsSchedule = "smoothed"
-    eps_ramp_start: NonNegative = 0.0   # epochs
-    eps_ramp_length: NonNegative = 1.0  # epochs
-    train_subset: Count = 0         # first N training images (0 = all but the validation slice)
-    val_size: Count = 1000          # held-out slice at the end of the training set
-    val_pgd_steps: AttackSteps = 10
-    teacher: str | None = None      # run id of the PGD teacher (AD-CERT)
-
-    @property
-    def train_eps(self) -> float:
-        return self.eps * self.train_eps_factor
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["lr_milestones"] = list(self.lr_milestones)
-        return d
-
-    @property
-    def run_id(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
-        return f"{self.dataset}-{self.eps:g}-{self.method}-{self.arch}-s{self.seed}-{digest}"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "run config") -> "RunConfig":
-        """Validate plain data (a TOML / JSON table) into a run config; ConfigError names ``source``."""
-        data = validate(run_config_model(), d, source).model_dump()
-        method = data["method"]
-        params = validate(_params_model(method), data["params"], source, at=("params",)).model_dump(exclude_unset=True)
-        data["params"] = {**method_defaults(method), **params}
-        data["lr_milestones"] = tuple(data["lr_milestones"])
-        cfg = cls(**data)
-        needs = METHODS[method].needs_teacher
-        if needs and not cfg.teacher:
-            raise ConfigError(f"{source}: teacher: {method} needs a teacher: set 'teacher' to the run id of a "
-                              f"finished pgd run")
-        if cfg.teacher and not needs:
-            raise ConfigError(f"{source}: teacher = {cfg.teacher!r}: {method} does not use a teacher; remove it")
-        return cfg
-
-    def validate(self) -> None:
-        """Raise ConfigError for anything that cannot be trained, before any work is done."""
-        RunConfig.from_dict(self.to_dict())
-
-
-def _params_model(method: str):
-    from harness.schema import method_params_model
-
-    return method_params_model(method)
-
-
-def load_run_config(path: Path) -> RunConfig:
-    """A run config file (TOML, or JSON by its suffix), validated."""
-    return RunConfig.from_dict(read_toml_or_json(path, "run config"), source=str(path))
-
-
-#: RunConfig fields the plan sets (a profile's [defaults] and settings may set every other one).
-PLANNED_FIELDS = ("dataset", "eps", "method", "params", "seed", "teacher")
-
-
-# ---- certification and scheduler settings ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CertifySettings:
-    """How a run is evaluated (a profile's ``[certify]`` table)."""
-
-    n_test: AtLeastOne = 10000      # test prefix for clean / PGD / IBP / CROWN-IBP
-    # Budgets of the expensive stages: how many undecided samples each may process, in index order
-    # (0: the stage does not run). See harness.certify.
-    crown_samples: Count = 0
-    alpha_crown_samples: Count = 0
-    autoattack_samples: Count = 0        # AutoAttack (standard version) on undecided samples
-    autoattack_certified_check: Count = 0  # certified samples attacked as a soundness alarm
-    autoattack_batch_size: AtLeastOne = 250
-    complete_samples: Count = 0          # complete verification (MILP, HiGHS) of undecided samples
-    complete_node_limit: AtLeastOne = 10000   # branch-and-bound nodes per sample (deterministic)
-    complete_time_limit_s: Positive = 60.0    # wall-clock safety cap per sample (machine-dependent when hit)
-    complete_max_unstable: Count = 0     # skip (as unknown) a sample with more unstable ReLUs than this (0: none)
-    pgd_steps: AttackSteps = 50
-    pgd_restarts: AttackSteps = 2
-    batch_size: AtLeastOne = 500
-    crown_batch_size: AtLeastOne = 32
-    alpha_iterations: AtLeastOne = 20
-    alpha_lr: Positive = 0.1
-    eps_sweep: tuple[Positive, ...] = ()   # fractions of eps for the certified-vs-eps curve (own IBP)
-    n_sweep: Count = 1000
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "[certify]") -> "CertifySettings":
-        from harness.schema import model_of
-
-        data = validate(model_of(cls, "certify"), d, source).model_dump()
-        data["eps_sweep"] = tuple(data["eps_sweep"])
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["eps_sweep"] = list(self.eps_sweep)
-        return d
-
-    @property
-    def key(self) -> str:
-        """A short hash of the settings: a run certified under several profiles' settings keeps each
-        certification in its own files (``certify-<key>.csv``)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-@dataclass(frozen=True)
-class SlurmSettings:
-    """Resources of each run's SLURM job (a profile's ``[slurm]`` table; command-line options override)."""
-
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    gpus_per_node: Count = 0
-    cpus_per_task: AtLeastOne = 2
-    mem_gb: Positive | None = None
-    timeout_min: AtLeastOne = 24 * 60
-    max_requeues: Count = 5         # how often a timed-out or pre-empted job is requeued
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["Ablations", "AblationVariant", "PlannedRun", "Profile", "Setting", "json_schemas", "load_any",
+           "load_profile", "profile_model"]
 
 
 # ---- profiles ------------------------------------------------------------------------------------------
@@ -256,14 +106,19 @@ class Profile:
     ablations: Ablations | None = None
     path: Path | None = None
 
-    def plan(self) -> list[PlannedRun]:
-        """Every run of the profile once, each teacher before the students that need it."""
+    @cached_property
+    def _plan(self) -> tuple[PlannedRun, ...]:
+        # Built (and every run validated) once per profile object; frozen dataclasses allow this cache.
         out: dict[str, PlannedRun] = {}
         for s in self.settings:
             for seed in self.seeds:
                 for p in _setting_plan(self, s, seed):
                     out.setdefault(p.run_id, p)
-        return list(out.values())
+        return tuple(out.values())
+
+    def plan(self) -> list[PlannedRun]:
+        """Every run of the profile once, each teacher before the students that need it."""
+        return list(self._plan)
 
     def runs(self) -> list[RunConfig]:
         """The run configs of :meth:`plan`, in its order."""
@@ -296,7 +151,7 @@ def _setting_plan(profile: Profile, s: Setting, seed: int) -> list[PlannedRun]:
     def config(method: str, params: dict[str, Any], run: dict[str, Any] | None = None,
                teacher: str | None = None) -> RunConfig:
         d = {**base, **(run or {}), "method": method, "params": params}
-        if METHODS[method].uses_ibp_init:  # Shi et al. init unless the profile says otherwise
+        if METHOD_PARAMS[method].uses_ibp_init:  # Shi et al. init unless the profile says otherwise
             d.setdefault("init", "ibp")
         if teacher is not None:
             d["teacher"] = teacher
@@ -304,17 +159,17 @@ def _setting_plan(profile: Profile, s: Setting, seed: int) -> list[PlannedRun]:
 
     plan: list[PlannedRun] = []
     teacher_id = None
-    ordered = sorted(s.methods, key=lambda m: (METHODS[m].needs_teacher, s.methods.index(m)))
+    ordered = sorted(s.methods, key=lambda m: (METHOD_PARAMS[m].needs_teacher, s.methods.index(m)))
     for m in ordered:
         combos = _expand(s.method_params.get(m, {}))
-        if m == "pgd" and len(combos) > 1 and any(METHODS[x].needs_teacher for x in s.methods):
+        if m == "pgd" and len(combos) > 1 and any(METHOD_PARAMS[x].needs_teacher for x in s.methods):
             raise ConfigError(f"{where}: pgd parameters are swept, but {m} is the teacher of this setting and "
                               f"must be one run; give teacher variants as [[ablations.variants]] instead")
-        if METHODS[m].needs_teacher and teacher_id is None:
+        if METHOD_PARAMS[m].needs_teacher and teacher_id is None:
             raise ConfigError(f"{where}: {s.dataset} eps {s.eps_label} lists {m} but no pgd teacher; "
                               f"add 'pgd' to its methods")
         for params, swept in combos:
-            cfg = config(m, params, teacher=teacher_id if METHODS[m].needs_teacher else None)
+            cfg = config(m, params, teacher=teacher_id if METHOD_PARAMS[m].needs_teacher else None)
             if m == "pgd":
                 teacher_id = cfg.run_id
             plan.append(PlannedRun(cfg, s, swept))
@@ -390,7 +245,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
         seeds=tuple(meta.get("seeds", [0])), settings=tuple(settings), certify=certify,
         slurm=SlurmSettings(**data.get("slurm", {})), ablations=ablations, path=path.resolve(),
     )
-    profile.plan()  # validate every run now, before any work
+    profile.plan()  # build and validate every run now, before any work
     return profile
 
 
@@ -408,3 +263,86 @@ def load_any(name_or_path: str | Path) -> tuple[str, Profile | RunConfig]:
         return "run config", load_run_config(path)
     raise ConfigError(f"{path}: neither a profile (no [[settings]]) nor a run config (no dataset, eps, method); "
                       f"see `python -m harness check --schema`")
+
+
+# ---- the profile file format ----------------------------------------------------------------------
+
+@cache
+def profile_model() -> type[BaseModel]:
+    """A profile file (``benchmarks/<name>.toml``, or any path)."""
+    hints = typing.get_type_hints(RunConfig, include_extras=True)
+    method_name = Literal[tuple(METHOD_PARAMS)]
+    options = run_options_model()
+
+    class Meta(BaseModel):
+        model_config = STRICT
+        name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)] | None = None
+        description: str = ""
+        seeds: Annotated[list[hints["seed"]], Field(min_length=1)] = [0]
+
+        @field_validator("seeds")
+        @classmethod
+        def _unique(cls, v):
+            if len(set(v)) != len(v):
+                raise ValueError("seeds must not repeat")
+            return v
+
+    class _Setting(options):  # type: ignore[valid-type,misc]
+        @field_validator("eps", mode="after", check_fields=False)
+        @classmethod
+        def _eps_text(cls, v):
+            if isinstance(v, str):
+                value = eps_value(v)
+                if not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{v} = {value:g} is outside [0, 1] (pixels lie in [0, 1])")
+            return v
+
+        @field_validator("methods", check_fields=False)
+        @classmethod
+        def _unique(cls, v):
+            if len(set(v)) != len(v):
+                raise ValueError("methods must not repeat")
+            return v
+
+    setting = create_model(
+        "setting", __base__=_Setting,
+        dataset=(hints["dataset"], ...),
+        eps=(Annotated[Union[hints["eps"], Annotated[str, Field(pattern=FRACTION)]],
+                       Field(union_mode="left_to_right")], ...),
+        methods=(Annotated[list[method_name], Field(min_length=1)], ...),
+        methods_params=(methods_table_model(True) | None, None),
+        # this setting's own certification values (e.g. budgets per dataset); [certify] gives the rest
+        certify=(model_of(CertifySettings, "setting_certify", optional=True) | None, None),
+    )
+
+    teacher_options = model_of(RunConfig, "teacher_options", only=("train_eps_factor", "epochs", "init"),
+                               optional=True, base=options.__base__)
+
+    class Variant(BaseModel):
+        model_config = STRICT
+        name: Annotated[str, Field(min_length=1, max_length=64)]
+        params: params_model(ADCERTParams) | None = None          # type: ignore[valid-type]
+        teacher: teacher_options | None = None                         # type: ignore[valid-type]
+        teacher_params: params_model(PGDParams) | None = None       # type: ignore[valid-type]
+
+    class Ablations(BaseModel):
+        model_config = STRICT
+        base: params_model(ADCERTParams)                           # type: ignore[valid-type]
+        variants: Annotated[list[Variant], Field(min_length=1)]
+        seeds: Annotated[list[hints["seed"]], Field(min_length=1)] | None = None   # default: the profile's
+
+    return create_model(
+        "profile", __config__=STRICT,
+        profile=(Meta, Meta()),
+        defaults=(options | None, None),
+        methods=(methods_table_model(True) | None, None),
+        certify=(model_of(CertifySettings, "certify") | None, None),
+        slurm=(model_of(SlurmSettings, "slurm") | None, None),
+        ablations=(Ablations | None, None),
+        settings=(Annotated[list[setting], Field(min_length=1)], ...),
+    )
+
+
+def json_schemas() -> dict[str, Any]:
+    """The JSON schema of a profile and of a run config file (what ``check --schema`` prints)."""
+    return {"profile": profile_model().model_json_schema(), "run_config": run_config_model().model_json_schema()}

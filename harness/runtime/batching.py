@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness.device import free_cached_memory, is_out_of_memory
+from harness.runtime.device import free_cached_memory, is_out_of_memory
 
 #: Sizes that worked, by key, for the life of the process (later runs of the same model start there).
 _KNOWN_SIZES: dict[tuple, int] = {}

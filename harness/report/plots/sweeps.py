@@ -1,5 +1,5 @@
 """Figures of a profile with sweeps: the trade-off curves with their Pareto front, and the paired
-differences AD-CERT minus MTL-IBP against alpha (from the tables of :mod:`harness.tradeoff`)."""
+differences AD-CERT minus MTL-IBP against alpha (from the tables of :mod:`harness.report.tradeoff`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.plots.style import method_style, plt, save_figure
-from harness.stats import pareto_front, t_interval
-from harness.tradeoff import CERT, CLEAN, SWEPT
+from harness.report.plots.style import method_style, plt, save_figure
+from harness.report.stats import pareto_front, t_interval
+from harness.report.tradeoff import CERT, CLEAN, SWEPT
 
 CURVES = ("ibp",) + SWEPT
 REFERENCES = ("pgd", "standard")

@@ -1,4 +1,4 @@
-"""Executors: where the jobs of a plan run. Each job trains and certifies one run (:mod:`harness.jobs`).
+"""Executors: where the jobs of a plan run. Each job trains and certifies one run (:mod:`harness.orchestration.jobs`).
 
 - ``inline``: one after another in this process (the default).
 - ``local``: N worker processes on this machine (``concurrent.futures`` with the ``spawn`` start
@@ -27,8 +27,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from harness.config import SlurmSettings
-from harness.jobs import JobResult, JobSpec, file_logger, run_job, set_threads
+from harness.certification.run import InvariantError, certify_run, is_certified, summarize
+from harness.config.settings import SlurmSettings
+from harness.orchestration.jobs import JobResult, JobSpec, file_logger, run_job, set_threads
+from harness.rundir import RunDir, job_record, now, update_job_record
 
 EXECUTORS = ("inline", "local", "slurm")
 
@@ -51,7 +53,6 @@ OnDone = Callable[[Outcome], None]
 
 def _fatal(e: BaseException) -> bool:
     """Errors that stop the whole invocation: a soundness bug, or the user's interrupt."""
-    from harness.certify import InvariantError
 
     return isinstance(e, (InvariantError, KeyboardInterrupt))
 
@@ -237,8 +238,6 @@ class SlurmExecutor:
 
     def submit(self, specs: list[JobSpec]) -> dict[str, str]:
         """Submit what is not done and not already queued; returns {run id: SLURM job id} of live jobs."""
-        from harness.certify import is_certified
-        from harness.rundir import RunDir, job_record, now, update_job_record
 
         recorded = {s.run_id: job_record(RunDir(Path(s.runs_root) / s.run_id)) for s in specs}
         known = [r["job_id"] for r in recorded.values() if r.get("executor") == "slurm" and r.get("job_id")]
@@ -263,8 +262,6 @@ class SlurmExecutor:
         return jobs
 
     def execute(self, specs: list[JobSpec], on_done: OnDone) -> list[Outcome]:
-        from harness.certify import certify_run, is_certified, summarize
-        from harness.rundir import RunDir
 
         jobs = self.submit(specs)
         outcomes, failed = [], set()
@@ -297,7 +294,6 @@ class SlurmExecutor:
 
 def _why(run) -> str:
     """The failure recorded in a run's job.json, or the last line of its SLURM log."""
-    from harness.rundir import job_record
 
     rec = job_record(run)
     if rec.get("error"):

@@ -1,0 +1,1 @@
+"""Reports from stored records: tables, trade-off statistics, Markdown, figures."""

@@ -1,0 +1,1 @@
+"""How computation runs: devices and their arithmetic, seeded randomness, exact float helpers, adaptive batches."""

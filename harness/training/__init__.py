@@ -1,0 +1,1 @@
+"""Training: the methods' losses and the shared training loop."""
