@@ -43,7 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
-    from harness.certification.run import certify_run, summarize
+    from harness.certification.records import summarize
+    from harness.certification.run import certify_run
     from harness.config.profile import load_profile
     from harness.config.settings import RUNS
     from harness.rundir import RunDir
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _known_errors() -> tuple[type, ...]:
-    from harness.certification.run import InvariantError
+    from harness.certification.records import InvariantError
     from harness.data import ChecksumError, DatasetUnavailableError, UnknownDatasetError
     from harness.rundir import RunClaimed
     from harness.training.loop import TrainingError

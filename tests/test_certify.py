@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from harness.certification import cascade as cascade_module
-from harness.certification.run import budgeted, certify_paths, certify_run, summarize
+from harness.certification.cascade import budgeted
+from harness.certification.records import summarize
+from harness.certification.run import certify_paths, certify_run
 from harness.config.profile import load_profile
 from harness.orchestration.jobs import set_threads
 from harness.rundir import RunDir

@@ -43,7 +43,8 @@ def test_certification_on_cuda_agrees_with_the_cpu(tmp_path):
     IBP verdicts agree except within the floating-point band of the soundness rule."""
     import pandas as pd
 
-    from harness.certification.run import certify_paths, certify_run, check_invariants
+    from harness.certification.records import check_invariants
+    from harness.certification.run import certify_paths, certify_run
     from harness.config.settings import CertifySettings, RunConfig
     from harness.rundir import RunDir
     from harness.training.loop import train

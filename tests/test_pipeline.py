@@ -8,15 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.certification.run import (
-    CERTIFIERS,
-    InvariantError,
-    certify_paths,
-    check_invariants,
-    col,
-    margin_col,
-    summarize,
-)
+from harness.certification.records import CERTIFIERS, InvariantError, check_invariants, col, margin_col, summarize
+from harness.certification.run import certify_paths
 from harness.config.profile import load_profile
 from harness.orchestration.pipeline import reproduce
 from harness.report.tables import SUMMARY_COLUMNS, build_tables

@@ -21,6 +21,7 @@ import time
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from harness.attacks import pgd_robust
@@ -30,6 +31,16 @@ from harness.bounds.complete import verify_sample
 from harness.bounds.ibp import ibp_bounds
 from harness.bounds.milp import MILPNetwork, intersect_relu_bounds
 from harness.bounds.spec import spec_matrix
+from harness.certification.records import (
+    CERTIFIERS,
+    COMPLETE_VERDICTS,
+    InvariantError,
+    broken_rule,
+    certified_rule,
+    col,
+    covered_key,
+    margin_col,
+)
 from harness.config.settings import CertifySettings
 from harness.data import load_split
 from harness.rundir import RunDir, atomic_write_bytes, load_model, write_json
@@ -37,26 +48,8 @@ from harness.runtime.batching import AdaptiveBatches
 from harness.runtime.randomness import SampleNoise, derived_seed
 from harness.threat_model import input_box
 
-#: The verdict columns of the cascade's certifiers, cheapest first (auto_LiRPA's IBP runs beside the own).
-CERTIFIERS = ("ibp", "lirpa-ibp", "crown-ibp", "crown", "alpha-crown", "complete")
 STAGES = ("clean", "pgd", "full", "crown", "alpha-crown", "autoattack", "complete", "alarm")
-#: The complete verifier's verdicts as stored (0: not run on this sample).
-COMPLETE_VERDICTS = ("", "verified", "counterexample", "unknown")
 PARTIAL_EVERY_S = 20.0
-
-
-def col(certifier: str) -> str:
-    """Verdict column of a certifier, e.g. ``cert_crown_ibp``."""
-    return "cert_" + certifier.replace("-", "_")
-
-
-def margin_col(certifier: str) -> str:
-    return "margin_" + certifier.replace("-", "_")
-
-
-def covered_key(stage: str) -> str:
-    """The ``certify-<key>.json`` / table key of the prefix a budgeted stage covered, e.g. ``n_alpha_crown``."""
-    return "n_" + stage.replace("-", "_")
 
 
 def budgeted(undecided: np.ndarray, budget: int, n: int) -> tuple[np.ndarray, int]:
@@ -67,10 +60,6 @@ def budgeted(undecided: np.ndarray, budget: int, n: int) -> tuple[np.ndarray, in
         return undecided, n
     chosen = undecided[:budget]
     return chosen, int(chosen[-1]) + 1
-
-
-class InvariantError(AssertionError):
-    """A property every sound evaluation must have does not hold: a bug in a bound or an attack."""
 
 
 class Cascade:
@@ -100,23 +89,17 @@ class Cascade:
         return self.rows["clean_pred"] == self.rows["label"]
 
     def broken(self) -> np.ndarray:
-        """Misclassified, or misclassified at a confirmed point of the ball (PGD, AutoAttack, the MILP)."""
-        out = ~self.rows["pgd_robust"].astype(bool)
-        if "aa_broken" in self.rows:
-            out = out | self.rows["aa_broken"]
-        if "complete_code" in self.rows:
-            out = out | (self.rows["complete_code"] == COMPLETE_VERDICTS.index("counterexample"))
-        return out
+        """:func:`harness.certification.records.broken_rule` on the rows so far."""
+        code = self.rows.get("complete_code")
+        return broken_rule(self.rows["pgd_robust"], self.rows.get("aa_broken"),
+                           None if code is None else code == COMPLETE_VERDICTS.index("counterexample"))
 
     def certified(self) -> np.ndarray:
-        """Certified by any certifier that ran (their verdict columns are cumulative)."""
-        out = np.zeros(self.n, dtype=bool)
-        for c in CERTIFIERS:
-            if f"raw_{col(c)}" in self.rows:
-                out |= self.rows[f"raw_{col(c)}"] == 1
+        """:func:`harness.certification.records.certified_rule` on the rows so far (any certifier that ran)."""
+        verdicts = [self.rows[f"raw_{col(c)}"] for c in CERTIFIERS if f"raw_{col(c)}" in self.rows]
         if "complete_code" in self.rows:
-            out |= self.rows["complete_code"] == COMPLETE_VERDICTS.index("verified")
-        return out
+            verdicts.append((self.rows["complete_code"] == COMPLETE_VERDICTS.index("verified")).astype(int))
+        return certified_rule(verdicts) if verdicts else np.zeros(self.n, dtype=bool)
 
     def undecided(self) -> np.ndarray:
         return np.flatnonzero(self.correct & ~self.broken() & ~self.certified())
@@ -314,10 +297,8 @@ class Cascade:
                                  f"{np.flatnonzero(broken)[:5].tolist()}: a bound or the attack is wrong")
 
     # -- records --------------------------------------------------------------------------------------
-    def records(self):
+    def records(self) -> pd.DataFrame:
         """The per-sample table: cumulative verdict columns, NaN outside what each stage covered."""
-        import pandas as pd
-
         r = self.rows
         out = {k: r[k] for k in ("index", "label", "clean_pred", "pgd_robust")}
         cumulative = np.zeros(self.n, dtype=bool)

@@ -36,50 +36,13 @@ import numpy as np
 import pandas as pd
 
 from harness.bounds import certify as certify_batch
-from harness.certification.cascade import CERTIFIERS, Cascade, InvariantError, budgeted, col, covered_key, margin_col  # noqa: F401
+from harness.certification.cascade import Cascade
+from harness.certification.records import check_invariants
 from harness.config.settings import CertifySettings
 from harness.rundir import RunDir, atomic_write_text, write_json
 from harness.runtime.device import device_name, exact_arithmetic, peak_memory_gib, reset_peak_memory, resolve_device
 
-__all__ = ["CERTIFIERS", "InvariantError", "budgeted", "certify_paths", "certify_run", "check_invariants", "col",
-           "covered_key", "gap_col", "is_certified", "margin_col", "summarize"]
-
-
-def _broken(df: pd.DataFrame) -> pd.Series:
-    """Samples a confirmed attack point (PGD, AutoAttack) or a counterexample of the MILP breaks."""
-    out = ~df["pgd_robust"].astype(bool)
-    if "aa_robust" in df:
-        out |= df["aa_robust"] == 0
-    if "complete" in df:
-        out |= df["complete"].astype(str) == "counterexample"
-    return out
-
-
-def check_invariants(df: pd.DataFrame, where: str = "") -> None:
-    """Fatal checks on per-sample records (see module docstring)."""
-    correct = df["clean_pred"] == df["label"]
-    broken = _broken(df)
-    for c in CERTIFIERS:
-        name = col(c)
-        if name not in df or df[name].isna().all():
-            continue
-        cert = df[name] == 1  # NaN (not run) is not certified
-        bad = df.index[cert & ~correct]
-        if len(bad):
-            raise InvariantError(f"{where}: {c} certifies misclassified sample(s) {list(df.loc[bad, 'index'][:5])}")
-        bad = df.index[cert & broken]
-        if len(bad):
-            raise InvariantError(f"{where}: {c} certifies sample(s) {list(df.loc[bad, 'index'][:5])} that an attack "
-                                 f"or a counterexample breaks: a bound or the attack is wrong")
-    both = df[col("ibp")].notna() & df[col("lirpa-ibp")].notna()
-    diff = df.index[both & (df[col("ibp")].astype(bool) != df[col("lirpa-ibp")].astype(bool))]
-    if len(diff):
-        raise InvariantError(f"{where}: own IBP and auto_LiRPA IBP disagree on sample(s) "
-                             f"{list(df.loc[diff, 'index'][:5])}")
-    clean = correct.mean()
-    pgd = df["pgd_robust"].astype(bool).mean()
-    if not pgd <= clean:
-        raise InvariantError(f"{where}: PGD accuracy {pgd} exceeds clean accuracy {clean}")
+__all__ = ["certify_paths", "certify_run", "eps_sweep", "is_certified"]
 
 
 def certify_run(run: RunDir, settings: CertifySettings, *, device: str = "auto", log=print,
@@ -153,76 +116,3 @@ def is_certified(run: RunDir, settings: CertifySettings) -> bool:
     if not (out_json.exists() and out_csv.exists()):
         return False
     return json.loads(out_json.read_text()).get("settings") == settings.to_dict()
-
-
-def _final_prefix(df: pd.DataFrame) -> pd.Series:
-    """The samples the deepest stage that ran covered (its non-empty cells): where robustness is bounded."""
-    for c in ("complete", "alpha-crown", "crown"):
-        if col(c) in df and df[col(c)].notna().any():
-            return df[col(c)].notna()
-    return pd.Series(True, index=df.index)
-
-
-def summarize(df: pd.DataFrame) -> dict[str, float]:
-    """Accuracies in percent; a certifier not run gives NaN, never 0.
-
-    A budgeted stage's own accuracy is over the prefix it covered (its non-empty cells). ``robust_lower``
-    (certified by any stage) and ``robust_upper`` (correct and broken by no attack and no counterexample)
-    bound the true robust accuracy on the whole test set: a sample past a budget counts with what the
-    cheaper stages said of it. ``unknown`` is their gap (0: the exact robust accuracy).
-    """
-    out = {"n_test": len(df), "clean_acc": 100 * float((df["clean_pred"] == df["label"]).mean()),
-           "pgd_acc": 100 * float(df["pgd_robust"].astype(bool).mean())}
-    certified = pd.Series(False, index=df.index)
-    for c in CERTIFIERS:
-        v = df[col(c)].dropna() if col(c) in df else pd.Series(dtype=float)
-        out[col(c)] = 100 * float(v.astype(bool).mean()) if len(v) else float("nan")
-        if col(c) in df:
-            certified |= df[col(c)] == 1
-    aa = df["aa_robust"].dropna() if "aa_robust" in df else pd.Series(dtype=float)
-    out["aa_acc"] = 100 * float(aa.astype(bool).mean()) if len(aa) else float("nan")
-    correct = df["clean_pred"] == df["label"]
-    lower = float((certified & correct).mean())
-    upper = float((~_broken(df) & correct).mean())
-    verdicts = df["complete"].astype(str) if "complete" in df else pd.Series("", index=df.index)
-    out.update({"robust_lower": 100 * lower, "robust_upper": 100 * upper, "unknown": 100 * (upper - lower),
-                "counterexamples": int((verdicts == "counterexample").sum()),
-                "complete_unknown": int((verdicts == "unknown").sum())})
-    return out
-
-
-#: The stages of the gap figure: after each, the best certificate and the best attack so far.
-GAP_STAGES = ("ibp", "crown-ibp", "crown", "alpha-crown", "autoattack", "complete")
-
-
-def gap_col(stage: str) -> str:
-    """The summary column of :func:`stage_gaps`' value after ``stage``, e.g. ``gap_crown_ibp``."""
-    return "gap_" + stage.replace("-", "_")
-
-
-def stage_gaps(df: pd.DataFrame) -> dict[str, float]:
-    """Percentage points between the best attack's and the best certificate's robust accuracy after
-    each stage, on the deepest stage's prefix (so every stage is measured on the same samples).
-
-    How much each certifier (and AutoAttack, and the MILP's counterexamples) closes the gap between the
-    upper bound of an attack and the lower bound of a certificate; 0 after the last stage: exact.
-    """
-    prefix = _final_prefix(df)
-    d = df[prefix]
-    correct = d["clean_pred"] == d["label"]
-    upper = correct & d["pgd_robust"].astype(bool)
-    certified = pd.Series(False, index=d.index)
-    out = {}
-    for stage in GAP_STAGES:
-        if stage == "autoattack":
-            if "aa_robust" in d and d["aa_robust"].notna().all():
-                upper = upper & (d["aa_robust"] == 1)
-        elif stage == "complete":
-            if "complete" in d:
-                upper = upper & (d["complete"].astype(str) != "counterexample")
-            if col(stage) in d and d[col(stage)].notna().all():
-                certified = certified | (d[col(stage)] == 1)
-        elif col(stage) in d and d[col(stage)].notna().all():
-            certified = certified | (d[col(stage)] == 1)
-        out[stage] = 100 * float((upper & ~certified).mean())
-    return out

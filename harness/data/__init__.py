@@ -30,8 +30,21 @@ from harness.data.acquire import ensure_dataset
 from harness.data.batches import TensorBatches, augment_crop_flip, make_loader, subset
 from harness.data.checksums import _install, md5_file, verify_file
 from harness.data.formats import _idx_count, load_cifar10_batches, read_idx
-from harness.data.registry import (DATASETS, ChecksumError, DataError, DataFile, DatasetInfo, DatasetUnavailableError,
-                                   Mirror, PathLike, Split, UnknownDatasetError, _SourceFailed, data_root, get_info)
+from harness.data.registry import (
+    DATASETS,
+    ChecksumError,
+    DataError,
+    DataFile,
+    DatasetInfo,
+    DatasetUnavailableError,
+    Mirror,
+    PathLike,
+    Split,
+    UnknownDatasetError,
+    _SourceFailed,
+    data_root,
+    get_info,
+)
 
 __all__ = [
     "DATASETS", "ChecksumError", "DataError", "DataFile", "DatasetInfo", "DatasetUnavailableError", "Mirror",

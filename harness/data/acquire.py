@@ -8,8 +8,16 @@ from typing import Callable, Sequence
 
 from harness.data import registry
 from harness.data.checksums import _install_from_tar, verify_file
-from harness.data.registry import (DATASETS, DataFile, DatasetInfo, DatasetUnavailableError, PathLike, _log,
-                                   _resolve_root, get_info)
+from harness.data.registry import (
+    DATASETS,
+    DataFile,
+    DatasetInfo,
+    DatasetUnavailableError,
+    PathLike,
+    _log,
+    _resolve_root,
+    get_info,
+)
 from harness.data.sources import _MIRRORS, _from_torchvision, _short, _staging
 
 

@@ -15,7 +15,6 @@ from typing import BinaryIO
 
 from harness.data.registry import ChecksumError, DataFile, PathLike, _log, _SourceFailed
 
-
 _CACHE_FILE = ".verified.json"
 _RACY_NS = 2_000_000_000
 # (resolved path, size, mtime_ns) -> md5; a changed file gets a new key, so no invalidation needed.

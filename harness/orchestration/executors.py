@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from harness.certification.run import InvariantError, certify_run, is_certified, summarize
+from harness.certification.records import InvariantError, summarize
+from harness.certification.run import certify_run, is_certified
 from harness.config.settings import SlurmSettings
 from harness.orchestration.jobs import JobResult, JobSpec, file_logger, run_job, set_threads
 from harness.rundir import RunDir, job_record, now, update_job_record

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.certification.run import certify_run, summarize
+from harness.certification.records import summarize
+from harness.certification.run import certify_run
 from harness.config.profile import PlannedRun
 from harness.config.settings import CertifySettings, RunConfig
 from harness.rundir import RunDir, claim

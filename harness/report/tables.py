@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.certification.run import (
+from harness.certification.records import (
     CERTIFIERS,
     GAP_STAGES,
-    certify_paths,
     check_invariants,
     col,
     covered_key,
@@ -29,6 +28,7 @@ from harness.certification.run import (
     stage_gaps,
     summarize,
 )
+from harness.certification.run import certify_paths
 from harness.config.profile import Profile, load_profile
 from harness.config.settings import BENCHMARKS, REPO, RUNS
 from harness.data import DatasetUnavailableError, ensure_dataset

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.certification.run import GAP_STAGES, gap_col
+from harness.certification.records import GAP_STAGES, gap_col
 from harness.report.plots.style import method_style, plt, save_figure
 from harness.rundir import RunDir
 
