@@ -22,7 +22,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -107,13 +107,15 @@ def now() -> str:
 
 @dataclass
 class RunDir:
-    """Paths of one run."""
+    """Paths of one run (and its config, read and validated at most once per object)."""
 
     path: Path
+    _config: RunConfig | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, cfg: RunConfig, runs_root: Path | None = None) -> "RunDir":
-        return cls((runs_root or RUNS) / cfg.run_id)
+        """The folder of ``cfg``'s run; ``cfg`` (already validated) is what :meth:`read_config` returns."""
+        return cls((runs_root or RUNS) / cfg.run_id, cfg)
 
     config = property(lambda self: self.path / "config.json")
     checkpoint = property(lambda self: self.path / "checkpoint.pt")
@@ -129,7 +131,10 @@ class RunDir:
         return self.read_manifest().get("status") == "finished"
 
     def read_config(self) -> RunConfig:
-        return RunConfig.from_dict(json.loads(self.config.read_text()))
+        """The run's config: validated from ``config.json`` on first use, then kept."""
+        if self._config is None:
+            self._config = RunConfig.from_dict(json.loads(self.config.read_text()), source=str(self.config))
+        return self._config
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.exists():

@@ -108,10 +108,6 @@ class RunConfig:
             raise ConfigError(f"{source}: teacher = {cfg.teacher!r}: {method} does not use a teacher; remove it")
         return cfg
 
-    def validate(self) -> None:
-        """Raise ConfigError for anything that cannot be trained, before any work is done."""
-        RunConfig.from_dict(self.to_dict())
-
 
 def load_run_config(path: Path) -> RunConfig:
     """A run config file (TOML, or JSON by its suffix), validated."""

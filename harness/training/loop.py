@@ -173,9 +173,11 @@ class _EpochSums:
 
 def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None, progress: bool | None = None,
           log=print) -> RunDir:
-    """Train ``cfg`` to completion, resuming from its last good checkpoint; a finished run is skipped."""
+    """Train ``cfg`` to completion, resuming from its last good checkpoint; a finished run is skipped.
 
-    cfg.validate()
+    ``cfg`` is validated already: every RunConfig comes from :meth:`RunConfig.from_dict` (a run config
+    file, a profile's plan, a job's spec or a run folder's config.json).
+    """
     runs_root = runs_root or RUNS
     dev = resolve_device(device)
     run = RunDir.of(cfg, runs_root)
