@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SETUP_SENTINEL := $(VENV)/.setup-done
 PROFILE ?= cpu
 
-.PHONY: setup data reproduce tables figures test bench gpu-check clean-runs
+.PHONY: setup data reproduce tables figures test test-quick bench gpu-check clean-runs
 
 # Re-running setup with unchanged pins is a no-op: the sentinel is newer than the pin files.
 $(SETUP_SENTINEL): requirements/base.txt requirements/no-deps.txt
@@ -45,3 +45,12 @@ bench: setup
 test: setup
 	$(PY) -m harness data --dataset mnist --dataset fashion-mnist
 	$(PY) -m pytest -q tests
+
+# The edit-test loop: the unit tests, without the end-to-end profiles (marked slow) and the SLURM cluster.
+test-quick: setup
+	$(PY) -m harness data --dataset mnist
+	$(PY) -m pytest -q -m "not slow" --ignore=tests/slurm tests
+
+# Removes the git-ignored run folders (checkpoints and records); results/ and plots/ are kept.
+clean-runs:
+	rm -rf runs

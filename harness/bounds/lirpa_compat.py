@@ -1,7 +1,7 @@
 """Import auto_LiRPA 0.3 on a modern torch / numpy without editing site-packages.
 
 auto_LiRPA 0.3 (2022) was written for torch 1.8-1.12 and numpy 1.x. On torch 2.14 / numpy 2 it
-fails in five ways (see ``/work/shared/environment.md``), one of them silently; on CUDA its
+fails in five ways (see ``docs/auto_lirpa.md``), one of them silently; on CUDA its
 TorchScript helpers fail, and 0.3 itself has an alpha-CROWN bug. This module fixes each one at
 runtime, **only when a check shows the fix is needed**, so where one is not needed it changes
 nothing. Project code must import auto_LiRPA only through here::
