@@ -30,10 +30,18 @@ def smoke_inline(tmp_path_factory) -> SmokeRun:
     return run
 
 
+#: Fixtures that run a profile end to end: a test that uses one is ``slow`` (left out by ``make test-quick``).
+END_TO_END_FIXTURES = {"smoke_inline", "sweep"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` run only where torch sees a CUDA device (``python -m harness gpucheck`` runs them)."""
+    """Tests that use an end-to-end fixture are marked ``slow``; tests marked ``cuda`` run only where torch
+    sees a CUDA device (``python -m harness gpucheck`` runs them)."""
     import torch
 
+    for item in items:
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from harness.orchestration.gpucheck import gpucheck, slice_profile
 from harness.orchestration.jobs import set_threads
 
@@ -16,6 +18,7 @@ def test_slice_is_the_paper_setting_cut_short():
     assert full.certify.crown_samples > 0 and full.certify.alpha_crown_samples > 0
 
 
+@pytest.mark.slow
 def test_gpucheck_runs_every_stage_on_the_cpu_and_reports(tmp_path):
     previous = set_threads(1)
     try:
