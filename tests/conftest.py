@@ -16,6 +16,34 @@ class SmokeRun:
     seconds: float = 0.0
 
 
+def _profile_tables(results: Path, profile: str) -> dict:
+    """A profile's summary tables without their wall-time columns (which no two runs share)."""
+    import pandas as pd
+
+    from harness.report.tables import TIME_COLUMNS
+
+    out = {}
+    for name in ("summary", "summary_mean", "paper_comparison"):
+        df = pd.read_csv(results / profile / f"{name}.csv")
+        out[name] = df.drop(columns=[c for c in TIME_COLUMNS if c in df])
+    return out
+
+
+def _assert_same_tables(a: Path, b: Path, profile: str = "smoke") -> None:
+    import pandas as pd
+
+    ta, tb = _profile_tables(a, profile), _profile_tables(b, profile)
+    for name in ta:
+        pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True)
+
+
+@pytest.fixture
+def assert_same_tables():
+    """``assert_same_tables(a, b, profile="smoke")``: two results folders hold the same tables of the
+    profile, exactly, wall-time columns aside (no two runs share those)."""
+    return _assert_same_tables
+
+
 @pytest.fixture(scope="session")
 def smoke_inline(tmp_path_factory) -> SmokeRun:
     """The smoke profile end to end, inline, one CPU thread per run: the reference every executor's

@@ -13,30 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from harness.certification.run import certify_paths
 from harness.config.profile import load_profile
 from harness.orchestration.pipeline import reproduce
-from harness.report.tables import TIME_COLUMNS
 from harness.rundir import RunClaimed, RunDir, claim, is_locked, job_record
 
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def tables(results: Path) -> dict[str, pd.DataFrame]:
-    out = {}
-    for name in ("summary", "summary_mean", "paper_comparison"):
-        df = pd.read_csv(results / "smoke" / f"{name}.csv")
-        out[name] = df.drop(columns=[c for c in TIME_COLUMNS if c in df])
-    return out
-
-
-def assert_same_tables(a: Path, b: Path) -> None:
-    ta, tb = tables(a), tables(b)
-    for name in ta:
-        pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True)
 
 
 def records(run: RunDir) -> Path:
@@ -48,7 +33,7 @@ def dirs_in(root: Path) -> dict[str, Path]:
     return {"runs_root": root / "runs", "results_dir": root / "results", "plots_dir": root / "plots"}
 
 
-def test_local_workers_give_the_inline_tables_and_records(smoke_inline, tmp_path):
+def test_local_workers_give_the_inline_tables_and_records(smoke_inline, tmp_path, assert_same_tables):
     dirs = dirs_in(tmp_path)
     logs: list[str] = []
     assert reproduce("smoke", device="cpu", executor="local", workers=2, log=logs.append, **dirs) == 0
@@ -72,7 +57,8 @@ def _certifying(runs_root: Path) -> bool:
     return False
 
 
-def test_a_reproduce_killed_during_certification_resumes_to_identical_tables(smoke_inline, tmp_path):
+def test_a_reproduce_killed_during_certification_resumes_to_identical_tables(smoke_inline, tmp_path,
+                                                                            assert_same_tables):
     dirs = dirs_in(tmp_path)
     cmd = [sys.executable, "-m", "harness", "reproduce", "--profile", "smoke", "--device", "cpu", "--threads", "1",
            "--runs", str(dirs["runs_root"]), "--results", str(dirs["results_dir"]), "--plots", str(dirs["plots_dir"])]

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 
 from harness.config.profile import load_profile
 from harness.rundir import RunDir, job_record
@@ -48,17 +47,8 @@ def _training_job(runs_root: Path, profile: Path, skip: set[str], timeout: float
     raise AssertionError("no run was seen training under SLURM")
 
 
-def _tables(results: Path) -> dict[str, pd.DataFrame]:
-    from harness.report.tables import TIME_COLUMNS
-
-    out = {}
-    for name in ("summary", "summary_mean", "paper_comparison"):
-        df = pd.read_csv(results / "smoke" / f"{name}.csv")
-        out[name] = df.drop(columns=[c for c in TIME_COLUMNS if c in df])
-    return out
-
-
-def test_slurm_executor_survives_a_kill_and_a_requeue_and_matches_inline(slurm_cluster, tmp_path):
+def test_slurm_executor_survives_a_kill_and_a_requeue_and_matches_inline(slurm_cluster, tmp_path,
+                                                                         assert_same_tables):
     from harness.orchestration.pipeline import reproduce
 
     profile = tmp_path / "smoke.toml"
@@ -87,9 +77,7 @@ def test_slurm_executor_survives_a_kill_and_a_requeue_and_matches_inline(slurm_c
     # the reference: the same profile inline, one CPU thread per run as in the SLURM jobs
     ref = {k: tmp_path / "inline" / k for k in dirs}
     assert reproduce(profile, device="cpu", threads=1, log=lambda *_: None, **ref) == 0
-    mine, inline = _tables(dirs["results_dir"]), _tables(ref["results_dir"])
-    for name in mine:
-        pd.testing.assert_frame_equal(mine[name], inline[name], check_exact=True)
+    assert_same_tables(dirs["results_dir"], ref["results_dir"])
     for cfg in load_profile(profile).runs():
         rec = job_record(RunDir.of(cfg, dirs["runs_root"]))
         assert rec["executor"] == "slurm" and rec["state"] == "done" and rec["threads"] == 1
