@@ -346,20 +346,30 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 # ---- the differentiable path, for training ------------------------------------------------------------
 
-_TRAINING_CACHE: "weakref.WeakKeyDictionary[nn.Module, _Entry]" = weakref.WeakKeyDictionary()
+@dataclass
+class _TrainingEntry:
+    """A training-mode BoundedModule for one model object and input shape, and where its parameters sit."""
+    key: tuple
+    bounded: BoundedModule
+    num_classes: int
+    slots: list[tuple[str, nn.Module, str]]   # (the model's parameter name, auto_LiRPA node, attribute)
 
 
-def _training_module(model: nn.Module, x: Tensor) -> _Entry:
+_TRAINING_CACHE: "weakref.WeakKeyDictionary[nn.Module, _TrainingEntry]" = weakref.WeakKeyDictionary()
+
+
+def _training_module(model: nn.Module, x: Tensor) -> _TrainingEntry:
     """A BoundedModule in training mode whose parameter nodes hold ``model``'s own parameters.
 
     Built (once per model and input shape) from :func:`harness.models.plain_copy` of the network after
     its Normalize layer, since auto_LiRPA traces the network and must see the class's own BatchNorm,
     not the per-batch one :func:`harness.models.frozen_batch_stats` patches in. Then every parameter
-    node is pointed at the caller's ``nn.Parameter`` (same object, not a copy): the bounds are
-    functions of the caller's weights and backpropagate into them, while BatchNorm's running
-    statistics stay the private copy's, so a bound pass never updates the caller's (its clean pass
-    did that once). In training mode auto_LiRPA normalises with the statistics of the forward pass
-    at the given point, which is the clean ``x``: the clean pass's statistics, as CTBench does.
+    node is pointed at the caller's ``nn.Parameter`` (the same object, not a copy; again at every call,
+    so a model whose parameters were replaced is still the one bounded): the bounds are functions of
+    the caller's weights and backpropagate into them, while BatchNorm's running statistics stay the
+    private copy's, so a bound pass never updates the caller's (its clean pass did that once). In
+    training mode auto_LiRPA normalises with the statistics of its forward pass at the given point,
+    the clean ``x``: the clean pass's statistics, as CTBench does.
     """
     _, body = _split_normalize(model)
     key = _cache_key(body, x)
@@ -370,16 +380,18 @@ def _training_module(model: nn.Module, x: Tensor) -> _Entry:
         with torch.no_grad():
             out = private(dummy)
         bounded = BoundedModule(private, dummy, bound_opts=safe_bound_opts(), device=x.device)
-        params = dict(body.named_parameters())
-        for name, p in params.items():
+        slots = []
+        for name, _ in body.named_parameters():
             node_param = bounded.node_name_map.get(name)
             if node_param is None:
-                raise RuntimeError(f"auto_LiRPA's graph has no node for parameter {name!r}; "
-                                   f"cannot train through it")
+                raise RuntimeError(f"auto_LiRPA's graph has no node for parameter {name!r}; cannot train through it")
             node_name, _, attr = node_param.rpartition(".")
-            bounded._modules[node_name]._parameters[attr] = p
-        entry = _Entry(key=key, bounded=bounded, num_classes=int(out.shape[1]), syncable=True)
+            slots.append((name, bounded._modules[node_name], attr))
+        entry = _TrainingEntry(key=key, bounded=bounded, num_classes=int(out.shape[1]), slots=slots)
         _TRAINING_CACHE[model] = entry
+    params = dict(body.named_parameters())
+    for name, node, attr in entry.slots:
+        node._parameters[attr] = params[name]
     entry.bounded.train()
     return entry
 
