@@ -30,7 +30,6 @@ from harness.report.stats import Interval, hypervolume, paired_difference, paire
 #: The axes of the trade-off: (summary column, label).
 CLEAN, CERT = "clean_acc", "cert_crown_ibp"
 DETECT = 0.3   # points: the difference the seed count is sized for
-SWEPT = ("mtl_ibp", "ad_cert")
 #: The methods whose runs form trade-off curves, and the parameter each curve runs through (IBP and
 #: CROWN-IBP have none: one point per seed).
 CURVE_PARAMETER = {"ibp": None, "crown_ibp": None, "sabr": "box_ratio", "mtl_ibp": "alpha", "cc_dist": "alpha",
@@ -140,7 +139,8 @@ def hypervolume_table(items: list[dict]) -> pd.DataFrame:
 
 
 def costs_table(items: list[dict], plan: list[PlannedRun]) -> pd.DataFrame:
-    """Training minutes per (setting, method, alpha); AD-CERT's with its teacher's share."""
+    """Training minutes per (setting, method, alpha); a student's (AD-CERT, CC-DIST) with its teacher's
+    share (the teacher's time over the number of students of the plan that share it)."""
     students: dict[str, int] = defaultdict(int)
     for p in plan:
         if p.cfg.teacher:
