@@ -1,13 +1,17 @@
 """Architectures, initialisations and the BatchNorm clean-statistics convention.
 
 Every model is an ``nn.Sequential`` whose first layer is :class:`Normalize`, so
-data, attacks and bounds all live in [0, 1] pixel space. Only the layer types
+data, attacks and bounds all live in [0, 1] pixel space, and whose last layer is
+the classification head, one ``nn.Linear`` over the penultimate features (every
+builder of :data:`ARCHITECTURES` keeps that contract; :func:`split_head` relies on
+it and checks it). Only the layer types
 listed in :data:`SUPPORTED_LAYERS` are used, which is what the project's own IBP
 (``harness.bounds.ibp``) knows how to bound.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
@@ -82,6 +86,24 @@ def mlp(in_shape: tuple[int, int, int], num_classes: int, mean, std, width: int 
 ARCHITECTURES: dict[str, Callable[..., nn.Sequential]] = {"cnn_small": cnn_small, "cnn7": cnn7, "mlp": mlp}
 
 
+def split_head(model: nn.Module) -> tuple[nn.Sequential, nn.Linear]:
+    """``(features, head)`` with ``model(x) == head(features(x))``: the penultimate-feature extractor
+    and the last Linear layer, for methods that distil or bound features (CC-DIST).
+
+    Both share the model's modules (a slice of the Sequential, no copy), so gradients, BatchNorm
+    statistics and :func:`frozen_batch_stats` apply to them as to the model. No module names are
+    involved: the head is the last layer by the architectures' contract (module docstring).
+
+    Raises:
+        ValueError: the model is not an ``nn.Sequential`` ending with an ``nn.Linear``.
+    """
+    if not isinstance(model, nn.Sequential) or len(model) < 2 or type(model[-1]) is not nn.Linear:
+        raise ValueError(f"split_head needs an nn.Sequential ending with its nn.Linear head, got "
+                         f"{type(model).__name__} ending with "
+                         f"{type(model[-1]).__name__ if isinstance(model, nn.Sequential) and len(model) else '-'}")
+    return model[:-1], model[-1]
+
+
 def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int, mean: Sequence[float],
                 std: Sequence[float], width: int | None = None) -> nn.Sequential:
     """Build an architecture by name; ``width`` overrides its default width multiplier."""
@@ -148,6 +170,10 @@ def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor,
     return scale, shift
 
 
+#: What :func:`frozen_batch_stats` attaches to each BatchNorm for the block (plain_copy leaves it out).
+_BATCH_STATE = ("forward", "_clean_input", "_frozen_stats")
+
+
 @contextmanager
 def frozen_batch_stats(model: nn.Module) -> Iterator[None]:
     """BatchNorm convention of CTBench: statistics come from the clean pass, then stay fixed.
@@ -175,13 +201,28 @@ def frozen_batch_stats(model: nn.Module) -> Iterator[None]:
 
     for bn in bns:
         bn._clean_input = bn._frozen_stats = None
-        bn.forward = make_forward(bn, bn.forward)
+        bn.forward = make_forward(bn, bn.forward)  # an instance attribute: see _BATCH_STATE
     try:
         yield
     finally:
         for bn in bns:
             del bn.forward  # back to the class method
             bn._clean_input = bn._frozen_stats = None
+
+
+def plain_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without the per-batch state :func:`frozen_batch_stats` attaches.
+
+    Inside that block every BatchNorm carries a patched ``forward`` and the clean-pass input (a
+    tensor in the autograd graph, which ``copy.deepcopy`` refuses); the copy has neither, so it runs
+    the class's own BatchNorm (e.g. for auto_LiRPA to trace). The original is left as it was.
+    """
+    held = [(m, {k: m.__dict__.pop(k) for k in _BATCH_STATE if k in m.__dict__}) for m in model.modules()]
+    try:
+        return copy.deepcopy(model)
+    finally:
+        for m, state in held:
+            m.__dict__.update(state)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -27,9 +27,11 @@ def test_run_id_is_stable_readable_and_changes_with_the_config():
 
 @pytest.mark.parametrize("name", ["smoke", "cpu", "paper"])
 def test_profiles_resolve_to_the_run_ids_of_before_the_schema(name):
-    """Run folders made before the configuration schema stay valid (ids recorded at commit c5e7dfc)."""
+    """Run folders made before the configuration schema stay valid (ids recorded at commit c5e7dfc): every
+    run of then has the same id and order now; methods added since (CC-DIST, SABR, CROWN-IBP) only add runs."""
     before = json.loads((DATA / "run_ids_c5e7dfc.json").read_text())[name]
-    assert [r.run_id for r in load_profile(name).runs()] == before
+    now = [r.run_id for r in load_profile(name).runs()]
+    assert [i for i in now if i in set(before)] == before
 
 
 @pytest.mark.parametrize("name", ["smoke", "cpu", "paper"])
@@ -37,7 +39,7 @@ def test_profiles_load_and_put_teachers_before_students(name):
     runs = load_profile(name).runs()
     seen = set()
     for r in runs:
-        if r.method == "ad_cert":
+        if r.method in ("ad_cert", "cc_dist"):
             assert r.teacher in seen
         seen.add(r.run_id)
     assert {"standard", "pgd", "ibp", "mtl_ibp", "ad_cert"} <= {r.method for r in runs}

@@ -137,7 +137,7 @@ def test_attacks_run_in_eval_mode_and_bn_statistics_come_from_the_clean_pass(set
     ("mtl_ibp", {"alpha": 2.0}, "alpha = 2.0: input should be less than or equal to 1"),
     ("ad_cert", {"teacher_input": "noisy"}, "teacher_input = 'noisy': input should be 'clean' or 'adv'"),
     ("pgd", {"attack_steps": 0}, "attack_steps = 0: input should be greater than or equal to 1"),
-    ("sabr", {}, "unknown method 'sabr'"),
+    ("taps", {}, "unknown method 'taps'"),
 ])
 def test_bad_parameters_are_clear_errors(name, params, message):
     with pytest.raises(ValueError) as e:

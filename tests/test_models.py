@@ -6,7 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from harness.models import SUPPORTED_LAYERS, batchnorm_affine, build_model, frozen_batch_stats, ibp_init
+from harness.bounds.ibp import ibp_bounds
+from harness.models import (
+    ARCHITECTURES,
+    SUPPORTED_LAYERS,
+    batchnorm_affine,
+    build_model,
+    frozen_batch_stats,
+    ibp_init,
+    plain_copy,
+    split_head,
+)
 
 MNIST = ((1, 28, 28), 10, [0.1307], [0.3081])
 CIFAR = ((3, 32, 32), 10, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
@@ -104,3 +114,55 @@ def test_frozen_statistics_first_used_under_no_grad_keep_their_gradient():
 
     for with_peek, plain in zip(grads(True), grads(False)):
         assert torch.allclose(with_peek, plain, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_splits_into_features_and_its_linear_head(arch):
+    """The builders' contract: the last layer is the head, so head(features(x)) is the model, with the
+    model's own modules (no copy: gradients and BatchNorm statistics are the model's)."""
+    torch.manual_seed(0)
+    model = build_model(arch, *MNIST, width=4 if arch == "cnn7" else None).eval()
+    features, head = split_head(model)
+    x = torch.rand(5, *MNIST[0])
+    assert torch.equal(head(features(x)), model(x))
+    assert isinstance(head, nn.Linear) and head is model[-1]
+    assert {id(p) for p in features.parameters()} | {id(p) for p in head.parameters()} == {
+        id(p) for p in model.parameters()}
+    assert features(x).flatten(1).shape[1] == head.in_features
+
+
+def test_split_head_refuses_a_model_without_a_linear_head():
+    with pytest.raises(ValueError, match="ending with its nn.Linear head"):
+        split_head(nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.ReLU()))
+    with pytest.raises(ValueError):
+        split_head(nn.Linear(4, 2))
+
+
+def test_the_ibp_box_of_the_features_contains_every_reachable_feature_vector():
+    torch.manual_seed(1)
+    model = build_model("cnn_small", *MNIST).eval()
+    features, _ = split_head(model)
+    x = torch.rand(4, *MNIST[0])
+    eps = 0.05
+    lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
+    box = ibp_bounds(features, lo, hi)
+    with torch.no_grad():
+        for _ in range(20):
+            point = lo + (hi - lo) * torch.rand_like(x)
+            h = features(point)
+            assert (h >= box.lower - 1e-5).all() and (h <= box.upper + 1e-5).all()
+        for corner in (lo, hi):
+            h = features(corner)
+            assert (h >= box.lower - 1e-5).all() and (h <= box.upper + 1e-5).all()
+
+
+def test_plain_copy_drops_the_per_batch_state_and_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = build_model("cnn_small", *MNIST).train()
+    x = torch.rand(8, *MNIST[0])
+    with frozen_batch_stats(model):
+        model(x).sum()
+        copy = plain_copy(model)
+        assert all("forward" not in m.__dict__ and "_clean_input" not in m.__dict__ for m in copy.modules())
+        assert all("forward" in m.__dict__ for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), model.state_dict().values()))

@@ -19,6 +19,9 @@ Two choices worth knowing:
   anything raises drops the cached copy (auto_LiRPA leaves per-pass state on its nodes), so the next
   call rebuilds it.
 
+:func:`lirpa_training_margin_bounds` is the differentiable path for certified training (CROWN-IBP): its
+BoundedModule reads the caller's own parameters, so gradients of the bounds reach them.
+
 :func:`lirpa_relu_bounds` gives the intermediate bounds of the same passes (every ReLU's input),
 for a complete verifier that fixes stable ReLUs.
 """
@@ -37,9 +40,9 @@ from torch import Tensor, nn
 from harness import threat_model
 from harness.bounds import spec
 from harness.bounds.lirpa_compat import BoundedModule, BoundedTensor, PerturbationLpNorm, safe_bound_opts
-from harness.models import Normalize
+from harness.models import Normalize, plain_copy
 
-__all__ = ["LIRPA_METHODS", "lirpa_margin_bounds", "lirpa_relu_bounds"]
+__all__ = ["LIRPA_METHODS", "lirpa_margin_bounds", "lirpa_relu_bounds", "lirpa_training_margin_bounds"]
 
 LIRPA_METHODS: tuple[str, ...] = ("lirpa-ibp", "crown-ibp", "crown", "alpha-crown")
 
@@ -339,3 +342,100 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+# ---- the differentiable path, for training ------------------------------------------------------------
+
+@dataclass
+class _TrainingEntry:
+    """A training-mode BoundedModule for one model object and input shape, and where its parameters sit."""
+    key: tuple
+    bounded: BoundedModule
+    num_classes: int
+    slots: list[tuple[str, nn.Module, str]]   # (the model's parameter name, auto_LiRPA node, attribute)
+
+
+_TRAINING_CACHE: "weakref.WeakKeyDictionary[nn.Module, _TrainingEntry]" = weakref.WeakKeyDictionary()
+
+
+def _training_module(model: nn.Module, x: Tensor) -> _TrainingEntry:
+    """A BoundedModule in training mode whose parameter nodes hold ``model``'s own parameters.
+
+    Built (once per model and input shape) from :func:`harness.models.plain_copy` of the network after
+    its Normalize layer, since auto_LiRPA traces the network and must see the class's own BatchNorm,
+    not the per-batch one :func:`harness.models.frozen_batch_stats` patches in. Then every parameter
+    node is pointed at the caller's ``nn.Parameter`` (the same object, not a copy; again at every call,
+    so a model whose parameters were replaced is still the one bounded): the bounds are functions of
+    the caller's weights and backpropagate into them, while BatchNorm's running statistics stay the
+    private copy's, so a bound pass never updates the caller's (its clean pass did that once). In
+    training mode auto_LiRPA normalises with the statistics of its forward pass at the given point,
+    the clean ``x``: the clean pass's statistics, as CTBench does.
+    """
+    _, body = _split_normalize(model)
+    key = _cache_key(body, x)
+    entry = _TRAINING_CACHE.get(model)
+    if entry is None or entry.key != key:
+        private = plain_copy(body).train()
+        dummy = torch.zeros((2,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+        with torch.no_grad():
+            out = private(dummy)
+        bounded = BoundedModule(private, dummy, bound_opts=safe_bound_opts(), device=x.device)
+        slots = []
+        for name, _ in body.named_parameters():
+            node_param = bounded.node_name_map.get(name)
+            if node_param is None:
+                raise RuntimeError(f"auto_LiRPA's graph has no node for parameter {name!r}; cannot train through it")
+            node_name, _, attr = node_param.rpartition(".")
+            slots.append((name, bounded._modules[node_name], attr))
+        entry = _TrainingEntry(key=key, bounded=bounded, num_classes=int(out.shape[1]), slots=slots)
+        _TRAINING_CACHE[model] = entry
+    params = dict(body.named_parameters())
+    for name, node, attr in entry.slots:
+        node._parameters[attr] = params[name]
+    entry.bounded.train()
+    return entry
+
+
+def lirpa_training_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, lower: Tensor, upper: Tensor,
+                                 method: str = "crown-ibp") -> Tensor:
+    """Differentiable lower bounds of z_y - z_j (every wrong class j) over the box [lower, upper] ∋ x.
+
+    For certified training: ``model`` in training mode (inside :func:`harness.models.frozen_batch_stats`
+    or not), gradients flow from the bounds into its parameters. ``x`` is the point the network's
+    BatchNorm statistics are taken at (the clean input); it must lie in the box. The bounds are as
+    sound as auto_LiRPA's for the network auto_LiRPA sees, which normalises BatchNorm with the batch
+    statistics at ``x`` (in training mode) - the same function the training step's other passes use.
+
+    Args:
+        method: ``crown-ibp`` (IBP intermediate bounds, CROWN back-substitution for the margins) or
+            ``lirpa-ibp``; CROWN and alpha-CROWN are certification-time methods, refused here.
+
+    Returns:
+        A (B, K-1) tensor in the order of :func:`harness.bounds.spec.spec_matrix`, in the autograd graph.
+    """
+    if method not in ("crown-ibp", "lirpa-ibp"):
+        raise ValueError(f"training bounds support 'crown-ibp' and 'lirpa-ibp', got {method!r}")
+    spec.check_batch(x, y)
+    if lower.shape != x.shape or upper.shape != x.shape:
+        raise ValueError(f"the box must have x's shape {tuple(x.shape)}, got {tuple(lower.shape)} and "
+                         f"{tuple(upper.shape)}")
+    x = x.detach()
+    try:
+        entry = _training_module(model, x)
+        C = spec.spec_matrix(y.to(x.device), entry.num_classes, dtype=x.dtype)
+        norm, _ = _split_normalize(model)
+        lo, hi = lower.detach(), upper.detach()
+        if norm is not None:  # the box normalised instead of the layer bounded (module docstring)
+            mean, std = norm.mean.to(x.dtype), norm.std.to(x.dtype)
+            a, b, x = (lo - mean) / std, (hi - mean) / std, (x - mean) / std
+            lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+        # A forward pass first: auto_LiRPA's training-mode BatchNorm bounds with the batch statistics its
+        # last forward pass stored (compute_bounds does not run one), as its own training examples do.
+        entry.bounded(x)
+        ptb = PerturbationLpNorm(norm=float("inf"), x_L=lo, x_U=hi)
+        lower_bound, _ = entry.bounded.compute_bounds(x=(BoundedTensor(x, ptb),), C=C, method=_LIRPA_NAME[method],
+                                                      bound_lower=True, bound_upper=False)
+        return lower_bound
+    except BaseException:
+        _TRAINING_CACHE.pop(model, None)  # per-pass state left on the nodes (see _bound_passes)
+        raise

@@ -90,9 +90,55 @@ class ADCERTParams(ExpressiveParams):
     init_from_teacher: bool = False
 
 
+@dataclass
+class CCDISTParams(ExpressiveParams):
+    """CC-DIST (De Palma, arXiv 2602.02626) as the AD-CERT authors reimplemented it: alpha mixes the
+    IBP box into the adversarial point, in margin space and in penultimate-feature space."""
+
+    name: ClassVar[str] = "cc_dist"
+    needs_teacher: ClassVar[bool] = True
+    feature_weight: NonNegative = 5.0     # the feature term's weight is feature_weight / d (d: feature count)
+
+
+@dataclass
+class SABRParams(MethodParams):
+    """SABR (Mueller et al., ICLR 2023): IBP over a small box around a PGD point of B(x, eps).
+
+    Attack defaults: CTRAIN's SABR (8 steps of 0.5 eps, one restart); its step-size decay at steps 4
+    and 7 is not implemented (the harness's PGD keeps a fixed step and each sample's best point).
+    """
+
+    name: ClassVar[str] = "sabr"
+    uses_ibp_init: ClassVar[bool] = True    # CTBench's SABR scripts: --init fast --fast-reg 0.5
+    box_ratio: Fraction = 0.4               # lambda: the propagated box's radius in units of the current eps
+    robust_weight: Fraction = 1.0           # w: (1 - w) clean CE + w SABR loss (CTBench: 1)
+    regulariser: NonNegative = 0.5          # Shi et al.'s warm-up regularisers, on the small box's bounds
+    attack_steps: AttackSteps = 8
+    attack_restarts: AttackSteps = 1
+    attack_step_size: NonNegative = 0.5     # in units of eps; 0 = 2.5 / steps
+
+
+@dataclass
+class CROWNIBPParams(MethodParams):
+    """CROWN-IBP (Zhang et al., ICLR 2020): the margin bound is beta * CROWN-IBP + (1 - beta) * IBP and
+    the loss kappa * CE(f(x), y) + (1 - kappa) * robust CE of that bound, beta and kappa moving linearly
+    from their start to their end values as eps grows to its final value (their code's
+    ``factor = (eps_max - eps) / eps_max``). Defaults: the paper's and CTRAIN's (kappa 1 -> 0,
+    beta 1 -> 0, Shi et al.'s initialisation and regulariser 0.5 as in CTRAIN's CROWN-IBP)."""
+
+    name: ClassVar[str] = "crown_ibp"
+    uses_ibp_init: ClassVar[bool] = True
+    beta_start: Fraction = 1.0
+    beta_end: Fraction = 0.0
+    kappa_start: Fraction = 1.0
+    kappa_end: Fraction = 0.0
+    regulariser: NonNegative = 0.5
+
+
 #: Every method's parameter class by name, in the order tables list the methods.
 METHOD_PARAMS: dict[str, type[MethodParams]] = {
-    c.name: c for c in (StandardParams, PGDParams, IBPParams, MTLIBPParams, CCIBPParams, ExpIBPParams, ADCERTParams)}
+    c.name: c for c in (StandardParams, PGDParams, IBPParams, CROWNIBPParams, SABRParams, MTLIBPParams, CCIBPParams,
+                        ExpIBPParams, ADCERTParams, CCDISTParams)}
 
 
 def method_params(name: str) -> type[MethodParams]:

@@ -2,8 +2,9 @@
 
 Each profile's tables go to ``results/<profile>/``:
 
-summary.csv          one tidy row per run (dataset, eps, method, variant, arch, seed)
-summary_mean.csv     mean and standard deviation over seeds
+summary.csv          one tidy row per run (dataset, eps, method, variant, arch, seed), with its clean
+                     drop against the standard run of its seed (:mod:`harness.report.clean_drop`)
+summary_mean.csv     mean and standard deviation over seeds; the clean drop's mean and 95% t-interval
 paper_comparison.csv our mean rows beside the published numbers of benchmarks/published.csv
 
 and a Markdown version of each (``.md``) for the README. Nothing in them depends on the machine
@@ -32,6 +33,7 @@ from harness.certification.run import certify_paths
 from harness.config.profile import Profile, load_profile
 from harness.config.settings import BENCHMARKS, REPO, RUNS
 from harness.data import DatasetUnavailableError, ensure_dataset
+from harness.report.clean_drop import add_clean_drop, clean_drop_means
 from harness.report.markdown import markdown_table
 from harness.report.tradeoff import tradeoff_tables
 from harness.rundir import RunDir, atomic_write_text, remove_stale_temporaries
@@ -57,7 +59,7 @@ def time_col(stage: str) -> str:
 
 #: Columns of summary.csv that are measured wall times (the only ones two runs of the same code may differ in).
 TIME_COLUMNS = ("train_time_s", "teacher_time_s", "cert_time_s") + tuple(time_col(s) for s in TIMED_STAGES)
-SUMMARY_COLUMNS = KEYS + ["status", "n_test"] + ACC_COLUMNS + [covered_key(s) for s in COVERED] + [
+SUMMARY_COLUMNS = KEYS + ["status", "n_test"] + ACC_COLUMNS + ["clean_drop"] + [covered_key(s) for s in COVERED] + [
     "counterexamples", "complete_unknown", "epochs"] + list(TIME_COLUMNS) + [
     gap_col(s) for s in GAP_STAGES] + ["run_id", "certify_key"]
 
@@ -141,7 +143,7 @@ def build_tables(profiles: list[Profile | str] | None = None, runs_root: Path | 
 
 def profile_tables(profile: Profile, summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The tables of one profile from its summary rows."""
-    summary = summary.sort_values(["dataset", "eps", "method", "variant", "seed"], kind="stable")
+    summary = add_clean_drop(summary.sort_values(["dataset", "eps", "method", "variant", "seed"], kind="stable"))
     ok = summary[summary["status"] == "ok"]
     group = ["profile", "dataset", "eps", "eps_label", "method", "variant", "arch"]
     if len(ok):
@@ -151,6 +153,7 @@ def profile_tables(profile: Profile, summary: pd.DataFrame) -> dict[str, pd.Data
         agg.insert(len(group), "n_seeds", ok.groupby(group, sort=True).size().values)
     else:
         agg = pd.DataFrame(columns=group + ["n_seeds"] + [f"{a}_{b}" for a in AGG_COLUMNS for b in ("mean", "std")])
+    agg = agg.merge(clean_drop_means(ok, group), on=group, how="left")  # the seed's 5-point test
 
     published = pd.read_csv(PUBLISHED)
     best = _best_certified(agg[agg["variant"] == ""] if len(agg) else agg)

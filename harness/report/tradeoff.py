@@ -7,9 +7,10 @@ whole test set, so every run is measured alike).
 
 paired.csv       per (setting, alpha): AD-CERT minus MTL-IBP, seed by seed: mean, 95% t-interval,
                  p-value, seeds where AD-CERT is better on both axes, seeds needed to detect 0.3 points
+paired_cc_dist.csv  the same, AD-CERT minus CC-DIST (the paper's logit- vs feature-distillation claim)
 hypervolume.csv  per (setting, method): the area its curve dominates (per seed, then mean and interval),
-                 against a stated reference point, and AD-CERT minus MTL-IBP paired
-costs.csv        per (setting, method, alpha): training time, with AD-CERT's teacher amortised over the
+                 against a stated reference point, and each comparison of :data:`COMPARISONS` paired
+costs.csv        per (setting, method, alpha): training time, with a teacher's time amortised over the
                  students that share it
 ablations.csv    per (setting, variant): variant minus the base AD-CERT run of the same seed
 """
@@ -29,7 +30,13 @@ from harness.report.stats import Interval, hypervolume, paired_difference, paire
 #: The axes of the trade-off: (summary column, label).
 CLEAN, CERT = "clean_acc", "cert_crown_ibp"
 DETECT = 0.3   # points: the difference the seed count is sized for
-SWEPT = ("mtl_ibp", "ad_cert")
+#: The methods whose runs form trade-off curves, and the parameter each curve runs through (IBP and
+#: CROWN-IBP have none: one point per seed).
+CURVE_PARAMETER = {"ibp": None, "crown_ibp": None, "sabr": "box_ratio", "mtl_ibp": "alpha", "cc_dist": "alpha",
+                   "ad_cert": "alpha"}
+CURVES = tuple(CURVE_PARAMETER)
+#: Paired comparisons, seed by seed at the same alpha: (method, baseline, table name).
+COMPARISONS = (("ad_cert", "mtl_ibp", "paired"), ("ad_cert", "cc_dist", "paired_cc_dist"))
 
 
 def attack_column(summary: pd.DataFrame) -> str:
@@ -49,8 +56,11 @@ def run_items(profile: Profile, summary: pd.DataFrame) -> list[dict[str, Any]]:
             continue
         r = by_id.loc[p.run_id]
         sweep = dict(p.sweep)
+        knob = CURVE_PARAMETER.get(p.cfg.method)
         out.append({"plan": p, "setting": f"{p.setting.dataset} eps {p.setting.eps_label}", "method": p.cfg.method,
                     "alpha": sweep.get("alpha", p.cfg.params.get("alpha", math.nan)), "sweep": p.sweep,
+                    # the value of the parameter the method's curve runs through (alpha; SABR's lambda)
+                    "knob": sweep.get(knob, p.cfg.params.get(knob, math.nan)) if knob else math.nan,
                     "ablation": p.ablation, "teacher_of": p.teacher_of, "seed": p.cfg.seed, "row": r})
     return out
 
@@ -64,38 +74,41 @@ def _interval_columns(prefix: str, iv: Interval) -> dict[str, float]:
     return {f"{prefix}_mean": iv.mean, f"{prefix}_ci_low": iv.low, f"{prefix}_ci_high": iv.high}
 
 
-def paired_table(items: list[dict], attack: str) -> pd.DataFrame:
-    """AD-CERT minus MTL-IBP at each (setting, alpha), over the seeds both have."""
-    pairs: dict[tuple, dict[str, dict[int, dict]]] = defaultdict(lambda: {"ad_cert": {}, "mtl_ibp": {}})
+def paired_table(items: list[dict], attack: str, method: str = "ad_cert", baseline: str = "mtl_ibp") -> pd.DataFrame:
+    """``method`` minus ``baseline`` (default AD-CERT minus MTL-IBP) at each (setting, alpha), over the
+    seeds both have; ablation runs are left out."""
+    pairs: dict[tuple, dict[str, dict[int, dict]]] = defaultdict(lambda: {method: {}, baseline: {}})
     for it in items:
-        if it["method"] in SWEPT and not it["ablation"]:
+        if it["method"] in (method, baseline) and not it["ablation"]:
             pairs[(it["setting"], it["alpha"])][it["method"]][it["seed"]] = it
     rows = []
     for (setting, alpha), by in sorted(pairs.items()):
-        seeds = sorted(set(by["ad_cert"]) & set(by["mtl_ibp"]))
+        seeds = sorted(set(by[method]) & set(by[baseline]))
         if not seeds:
             continue
         row: dict[str, Any] = {"setting": setting, "alpha": alpha, "n_seeds": len(seeds)}
         for name, column in (("clean", CLEAN), ("attack", attack), ("certified", CERT)):
-            a = [_value(by["ad_cert"][s], column) for s in seeds]
-            b = [_value(by["mtl_ibp"][s], column) for s in seeds]
+            a = [_value(by[method][s], column) for s in seeds]
+            b = [_value(by[baseline][s], column) for s in seeds]
             iv = paired_difference(a, b)
             row.update(_interval_columns(f"diff_{name}", iv))
             row[f"p_{name}"] = paired_p_value(a, b)
             row[f"seeds_for_{DETECT}_{name}"] = pairs_needed(DETECT, iv.sd) if iv.n >= 2 else None
         row["seeds_better_on_both"] = sum(
-            1 for s in seeds if _value(by["ad_cert"][s], CLEAN) > _value(by["mtl_ibp"][s], CLEAN)
-            and _value(by["ad_cert"][s], CERT) > _value(by["mtl_ibp"][s], CERT))
+            1 for s in seeds if _value(by[method][s], CLEAN) > _value(by[baseline][s], CLEAN)
+            and _value(by[method][s], CERT) > _value(by[baseline][s], CERT))
         row["attack_column"] = attack
+        row["comparison"] = f"{method} - {baseline}"
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def reference_point(items: list[dict], setting: str) -> tuple[float, float]:
     """The hypervolume reference of a setting: the lowest clean and certified accuracy among its
-    certified-training runs (IBP, MTL-IBP, AD-CERT sweep runs), so every such run dominates it."""
+    certified-training runs (every method of :data:`CURVES`, ablations left out), so every such run
+    dominates it. (Adding methods to a profile can lower it, and so change every method's area.)"""
     pts = [(_value(it, CLEAN), _value(it, CERT)) for it in items
-           if it["setting"] == setting and it["method"] in ("ibp",) + SWEPT and not it["ablation"]]
+           if it["setting"] == setting and it["method"] in CURVES and not it["ablation"]]
     return (min(p[0] for p in pts), min(p[1] for p in pts))
 
 
@@ -106,7 +119,7 @@ def hypervolume_table(items: list[dict]) -> pd.DataFrame:
         ref = reference_point(items, setting)
         per: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
         for it in items:
-            if it["setting"] == setting and it["method"] in ("ibp",) + SWEPT and not it["ablation"]:
+            if it["setting"] == setting and it["method"] in CURVES and not it["ablation"]:
                 per[it["method"]][it["seed"]].append((_value(it, CLEAN), _value(it, CERT)))
         hv = {m: {s: hypervolume(pts, ref) for s, pts in by_seed.items()} for m, by_seed in per.items()}
         for method in sorted(hv):
@@ -114,17 +127,20 @@ def hypervolume_table(items: list[dict]) -> pd.DataFrame:
             rows.append({"setting": setting, "method": method, "points_per_seed": max(map(len, per[method].values())),
                          "reference_clean": ref[0], "reference_certified": ref[1], "n_seeds": iv.n,
                          **_interval_columns("hypervolume", iv)})
-        if "ad_cert" in hv and "mtl_ibp" in hv:
-            seeds = sorted(set(hv["ad_cert"]) & set(hv["mtl_ibp"]))
-            iv = paired_difference([hv["ad_cert"][s] for s in seeds], [hv["mtl_ibp"][s] for s in seeds])
-            rows.append({"setting": setting, "method": "ad_cert - mtl_ibp (paired)", "points_per_seed": math.nan,
+        for method, baseline, _ in COMPARISONS:
+            if method not in hv or baseline not in hv:
+                continue
+            seeds = sorted(set(hv[method]) & set(hv[baseline]))
+            iv = paired_difference([hv[method][s] for s in seeds], [hv[baseline][s] for s in seeds])
+            rows.append({"setting": setting, "method": f"{method} - {baseline} (paired)", "points_per_seed": math.nan,
                          "reference_clean": ref[0], "reference_certified": ref[1], "n_seeds": iv.n,
                          **_interval_columns("hypervolume", iv)})
     return pd.DataFrame(rows)
 
 
 def costs_table(items: list[dict], plan: list[PlannedRun]) -> pd.DataFrame:
-    """Training minutes per (setting, method, alpha); AD-CERT's with its teacher's share."""
+    """Training minutes per (setting, method, alpha); a student's (AD-CERT, CC-DIST) with its teacher's
+    share (the teacher's time over the number of students of the plan that share it)."""
     students: dict[str, int] = defaultdict(int)
     for p in plan:
         if p.cfg.teacher:
@@ -192,8 +208,9 @@ def tradeoff_tables(profile: Profile, summary: pd.DataFrame) -> dict[str, pd.Dat
     if not items:
         return {}
     attack = attack_column(summary[summary["status"] == "ok"])
-    tables = {"paired": paired_table(items, attack), "hypervolume": hypervolume_table(items),
-              "costs": costs_table(items, plan)}
+    tables = {name: paired_table(items, attack, method, baseline) for method, baseline, name in COMPARISONS
+              if name == "paired" or any(it["method"] == baseline for it in items)}
+    tables.update({"hypervolume": hypervolume_table(items), "costs": costs_table(items, plan)})
     if profile.ablations is not None:
         tables["ablations"] = ablation_table(items, profile, attack)
     return tables
@@ -210,7 +227,8 @@ def _ci(row, prefix: str) -> str:
 
 
 def readme_paired_table(paired: pd.DataFrame) -> str:
-    """AD-CERT minus MTL-IBP per alpha: mean and 95% t-interval over seeds (* : the interval excludes 0)."""
+    """AD-CERT minus MTL-IBP (``paired``) or minus CC-DIST (``paired_cc_dist``) per alpha: mean and 95%
+    t-interval over seeds (* : the interval excludes 0)."""
 
     rows = []
     for _, r in paired.iterrows():

@@ -66,7 +66,7 @@ def check_teacher(cfg: RunConfig, runs_root: Path) -> RunDir | None:
         raise ConfigError(f"teacher run {cfg.teacher!r} is not finished; train it first")
     t = run.read_config()
     if t.method != "pgd":
-        raise ConfigError(f"teacher run {cfg.teacher!r} is a {t.method} run; AD-CERT needs a pgd teacher")
+        raise ConfigError(f"teacher run {cfg.teacher!r} is a {t.method} run; {cfg.method} needs a pgd teacher")
     for key in ("dataset", "eps", "arch", "width"):
         if getattr(t, key) != getattr(cfg, key):
             raise ConfigError(f"teacher run {cfg.teacher!r} has {key}={getattr(t, key)!r} but the student has "

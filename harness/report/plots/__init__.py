@@ -18,7 +18,7 @@ from harness.report.plots.runs import eps_curve_plot, gap_plot, tradeoff_plot, t
 from harness.report.plots.style import PLOTS
 from harness.report.plots.sweeps import paired_plot, pareto_plot
 from harness.report.tables import PUBLISHED, RESULTS
-from harness.report.tradeoff import run_items
+from harness.report.tradeoff import COMPARISONS, run_items
 from harness.rundir import remove_stale_temporaries
 
 __all__ = ["PLOTS", "build_figures"]
@@ -84,10 +84,12 @@ def _sweep_figures(profile, name: str, results_dir: Path, summary: pd.DataFrame,
             return []  # a profile from elsewhere, not named here: its tables stand, its sweep figures wait
     items = run_items(profile, summary)
     costs = pd.read_csv(costs_path, dtype={"variant": str}).fillna({"variant": ""})
-    try:
-        paired = pd.read_csv(results_dir / name / "paired.csv")
-    except pd.errors.EmptyDataError:  # no pair has finished yet: the Pareto figure still stands
-        paired = pd.DataFrame()
+    paired = {}
+    for _, _, table in COMPARISONS:
+        try:
+            paired[table] = pd.read_csv(results_dir / name / f"{table}.csv")
+        except (pd.errors.EmptyDataError, FileNotFoundError):  # no pair finished yet, or no such baseline
+            paired[table] = pd.DataFrame()
     out = []
     for s in profile.settings:
         setting = f"{s.dataset} eps {s.eps_label}"
@@ -97,8 +99,9 @@ def _sweep_figures(profile, name: str, results_dir: Path, summary: pd.DataFrame,
         path = folder / f"pareto_{slug}.png"
         pareto_plot(items, costs, published, setting, s.dataset, s.eps_label, path)
         out.append(path)
-        if len(paired) and (paired["setting"] == setting).any():
-            path = folder / f"paired_{slug}.png"
-            paired_plot(paired, setting, path)
-            out.append(path)
+        for table, df in paired.items():
+            if len(df) and (df["setting"] == setting).any():
+                path = folder / f"{table}_{slug}.png"
+                paired_plot(df, setting, path)
+                out.append(path)
     return out

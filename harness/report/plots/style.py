@@ -17,6 +17,7 @@ METHOD_STYLE = {  # one colour and marker per method, the same in every figure
     "standard": ("tab:gray", "o"), "pgd": ("tab:orange", "s"), "ibp": ("tab:blue", "^"),
     "mtl_ibp": ("tab:green", "D"), "cc_ibp": ("tab:olive", "P"), "exp_ibp": ("tab:cyan", "X"),
     "ad_cert": ("tab:red", "*"), "crown_ibp": ("tab:purple", "v"), "sabr": ("tab:brown", "<"),
+    "cc_dist": ("tab:pink", "h"),
 }
 
 

@@ -1,11 +1,6 @@
-"""Training methods: each is a loss over one batch given the model, an optional teacher and the eps.
-
-The shared training loop (``harness.training.loop``) knows no method by name: it builds one from
-:data:`METHODS` with the run's parameters and calls it inside ``frozen_batch_stats`` so that
-BatchNorm statistics come from the clean pass (which every method computes first). Each method is a
-subclass of its parameter class in :mod:`harness.config.methods` (fields, defaults, validation) that
-adds the loss. Formulas: docs/methods.md.
-"""
+"""What every training method shares: the batch it sees, the loss it returns, and the building
+blocks of the certified losses (the robust cross-entropy of margin bounds, IBP terms with Shi et
+al.'s warm-up regularisers, the training attack, the clean pass)."""
 
 from __future__ import annotations
 
@@ -19,18 +14,7 @@ from torch import nn
 from harness.attacks import pgd_attack
 from harness.bounds.ibp import ibp_bounds
 from harness.bounds.spec import spec_matrix
-from harness.config.methods import (
-    ADCERTParams,
-    CCIBPParams,
-    ExpIBPParams,
-    IBPParams,
-    MethodParams,
-    MTLIBPParams,
-    PGDParams,
-    StandardParams,
-    method_params,
-)
-from harness.config.schema import check_params
+from harness.config.methods import MethodParams
 from harness.threat_model import input_box
 
 
@@ -47,7 +31,9 @@ class Batch:
 
 
 #: The loss terms a method may report, the same columns in every run's metrics.jsonl (absent: null).
-TERMS = ("loss_clean", "loss_adv", "loss_ibp", "loss_ad", "reg")
+#: loss_ibp: the IBP robust loss over B(x, eps) (SABR: over its small box); loss_feat: CC-DIST's feature
+#: term; loss_crown: CROWN-IBP's robust loss of its mixed bound.
+TERMS = ("loss_clean", "loss_adv", "loss_ibp", "loss_ad", "reg", "loss_feat", "loss_crown")
 
 
 @dataclass
@@ -159,160 +145,50 @@ class Method(MethodParams):
         raise NotImplementedError
 
 
-def _clean(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def clean_pass(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean logits and CE(f(x), y). Every method runs it first: it sets the BatchNorm statistics
+    that the later passes of the step reuse (:func:`harness.models.frozen_batch_stats`)."""
     logits = b.model(b.x)
     return logits, F.cross_entropy(logits, b.y)
 
 
-def _ibp_terms(b: Batch, num_classes: int, regulariser: float
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
-    """IBP margin lower bounds at the current eps, the IBP loss, the faded Shi et al. regulariser."""
-    lo, hi = input_box(b.x, b.eps)
+def faded_regulariser(b: Batch, regulariser: float, preact: list[tuple[torch.Tensor, torch.Tensor]],
+                      lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Shi et al.'s warm-up regularisers on ``preact`` (the IBP bounds of every ReLU input over the
+    input box [lo, hi]), times ``regulariser * (1 - eps / eps_final)``: gone once the eps ramp ends."""
+    fade = 1.0 - b.eps / b.eps_final if b.eps_final > 0 else 0.0
+    if regulariser > 0 and fade > 0:
+        return regulariser * fade * shi_regularisers(preact, _input_radius_normalised(b.model, lo, hi))
+    return lo.new_zeros(())
+
+
+def ibp_terms(b: Batch, num_classes: int, regulariser: float,
+              box: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """IBP margin lower bounds, the IBP loss and the faded Shi et al. regulariser over ``box``
+    (default: the threat model's box B(x, eps) at the current eps), and the terms to report."""
+    lo, hi = box if box is not None else input_box(b.x, b.eps)
     C = spec_matrix(b.y, num_classes, dtype=b.x.dtype)
     bounds = ibp_bounds(b.model, lo, hi, C)
     loss_ibp = robust_ce_from_margins(bounds.lower)
-    reg = loss_ibp.new_zeros(())
-    fade = 1.0 - b.eps / b.eps_final if b.eps_final > 0 else 0.0
-    if regulariser > 0 and fade > 0:
-        reg = regulariser * fade * shi_regularisers(bounds.preact, _input_radius_normalised(b.model, lo, hi))
+    reg = faded_regulariser(b, regulariser, bounds.preact, lo, hi)
     return bounds.lower, loss_ibp, reg, {"loss_ibp": loss_ibp.detach(), "reg": reg.detach()}
 
 
-def _mix(clean: torch.Tensor, robust: torch.Tensor, w: float) -> torch.Tensor:
+def mix(clean: torch.Tensor, robust: torch.Tensor, w: float) -> torch.Tensor:
     """(1 - w) clean + w robust; at w = 1 the clean term is left out of the graph (no wasted backward)."""
     return robust if w == 1.0 else (1 - w) * clean + w * robust
 
 
-def _attack(b: Batch, method, loss: str = "ce", target_log_probs=None) -> torch.Tensor:
+def attack(b: Batch, method, loss: str = "ce", target_log_probs=None) -> torch.Tensor:
+    """The method's training PGD on the model being trained (its attack_* parameters; eval mode, the
+    global generator the run seeded), inside ``attack_range`` times the current eps."""
     return pgd_attack(b.model, b.x, b.y, method.attack_range * b.eps, steps=method.attack_steps,
                       restarts=method.attack_restarts, step_size=None if method.attack_step_size <= 0
                       else method.attack_step_size * b.eps, loss=loss, target_log_probs=target_log_probs)
 
 
-@dataclass
-@dataclass
-class Standard(StandardParams, Method):
-    """CE(f(x), y)."""
-
-    def __call__(self, b: Batch) -> LossOut:
-        logits, ce = _clean(b)
-        return LossOut(ce, {"loss_clean": ce.detach()}, logits)
-
-
-@dataclass
-class PGDAT(PGDParams, Method):
-    """PGD adversarial training (Madry et al.): CE(f(x_adv), y). Also the AD-CERT teacher."""
-
-    def __call__(self, b: Batch) -> LossOut:
-        logits, ce = _clean(b)  # sets the clean BN statistics
-        x_adv = _attack(b, self)
-        loss = F.cross_entropy(b.model(x_adv), b.y)
-        return LossOut(loss, {"loss_clean": ce.detach(), "loss_adv": loss.detach()}, logits)
-
-
-@dataclass
-class IBP(IBPParams, Method):
-    """Shi et al. (2021): (1 - w) CE(f(x), y) + w L_IBP + faded warm-up regularisers."""
-
-    def __call__(self, b: Batch) -> LossOut:
-        logits, ce = _clean(b)
-        _, robust, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
-        loss = _mix(ce, robust, self.robust_weight) + reg
-        return LossOut(loss, {"loss_clean": ce.detach(), **terms}, logits)
-
-
-@dataclass
-class MTLIBP(MTLIBPParams, Method):
-    """De Palma et al. (2024): alpha L_IBP + (1 - alpha) CE(f(x_adv), y)."""
-
-    def combine(self, robust: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-        return self.alpha * robust + (1 - self.alpha) * adv
-
-    def __call__(self, b: Batch) -> LossOut:
-        logits, ce = _clean(b)
-        x_adv = _attack(b, self)
-        adv = F.cross_entropy(b.model(x_adv), b.y)
-        _, robust, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
-        loss = self.combine(robust, adv) + reg
-        return LossOut(loss, {"loss_clean": ce.detach(), "loss_adv": adv.detach(), **terms}, logits)
-
-
-@dataclass
-class CCIBP(CCIBPParams, Method):
-    """CC-IBP: L(alpha m_IBP + (1 - alpha) m_adv) on margins in logit-difference space."""
-
-    def __call__(self, b: Batch) -> LossOut:
-        logits, ce = _clean(b)
-        x_adv = _attack(b, self)
-        m_ibp, _, reg, terms = _ibp_terms(b, logits.shape[1], self.regulariser)
-        C = spec_matrix(b.y, logits.shape[1], dtype=b.x.dtype)
-        m_adv = torch.einsum("bmk,bk->bm", C, b.model(x_adv))
-        loss = robust_ce_from_margins(self.alpha * m_ibp + (1 - self.alpha) * m_adv) + reg
-        return LossOut(loss, {"loss_clean": ce.detach(), **terms}, logits)
-
-
-@dataclass
-class ExpIBP(ExpIBPParams, Method):
-    """Exp-IBP: L_IBP^alpha * L_adv^(1 - alpha) (MTL-IBP's terms, combined multiplicatively)."""
-
-    def combine(self, robust: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-        return robust.clamp_min(1e-12) ** self.alpha * adv.clamp_min(1e-12) ** (1 - self.alpha)
-
-    __call__ = MTLIBP.__call__  # MTL-IBP's terms; only ``combine`` differs
-
-
-@dataclass
-class ADCERT(ADCERTParams, Method):
-    """AD-CERT as implemented by its authors (shared/methods.md).
-
-    L = (1 - w) CE(f_S(x), y) + w [alpha L_IBP + (1 - alpha) L_AD]   (alpha > 0)
-    L = (1 - w) CE(f_S(x), y) + w L_AD                                (alpha = 0)
-    L_AD = KL(p_T(x_T) || p_S(x_adv)), batch mean; x_adv from PGD on the student.
-    """
-
-    def __call__(self, b: Batch) -> LossOut:
-        if b.teacher is None:
-            raise ValueError("ad_cert needs a teacher model")
-        logits, ce = _clean(b)
-        with torch.no_grad():
-            t_clean = F.log_softmax(b.teacher(b.x), 1)
-        needs_adv = self.variant != "natkl" or self.teacher_input == "adv"
-        x_adv = None
-        if needs_adv:
-            if self.attack_loss == "kl":
-                x_adv = _attack(b, self, loss="kl", target_log_probs=t_clean)
-            else:
-                x_adv = _attack(b, self)
-        if self.teacher_input == "adv":
-            with torch.no_grad():
-                t_target = F.log_softmax(b.teacher(x_adv), 1)
-        else:
-            t_target = t_clean
-
-        def kl(student_logits: torch.Tensor) -> torch.Tensor:
-            return F.kl_div(F.log_softmax(student_logits, 1), t_target, log_target=True, reduction="batchmean")
-
-        if self.variant == "natkl":
-            l_ad = kl(logits)
-        elif self.variant == "rslad":
-            l_ad = kl(logits) / 6 + 5 * kl(b.model(x_adv)) / 6
-        else:
-            l_ad = kl(b.model(x_adv))
-        terms = {"loss_clean": ce.detach(), "loss_ad": l_ad.detach()}
-        if self.alpha > 0:
-            _, robust, reg, ibp_terms = _ibp_terms(b, logits.shape[1], self.regulariser)
-            inner = self.alpha * robust + (1 - self.alpha) * l_ad + reg
-            terms.update(ibp_terms)
-        else:
-            inner = l_ad
-        return LossOut(_mix(ce, inner, self.robust_weight), terms, logits)
-
-
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Standard, PGDAT, IBP, MTLIBP, CCIBP, ExpIBP, ADCERT)}
-
-
-def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
-    """Build a method by name from its parameters; unknown names or parameters are clear errors."""
-    method_params(name)  # an unknown name: the configuration's error
-    cls = METHODS[name]
-    return cls(**check_params(cls, dict(params or {})))
+def adversarial_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y - z_j for every wrong class j, in the row order of :func:`harness.bounds.spec.spec_matrix`."""
+    C = spec_matrix(y, logits.shape[1], dtype=logits.dtype)
+    return torch.einsum("bmk,bk->bm", C, logits)
