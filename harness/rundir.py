@@ -102,13 +102,19 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process. A zombie is not: a killed worker stays one until its new
+    parent (init, or a container's PID 1 that may be slow to reap) collects it, and it writes nothing."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): signal 0 said it exists
+    return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

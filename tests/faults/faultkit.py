@@ -5,6 +5,9 @@ Kept apart from ``conftest.py`` so that the test modules can import them by name
 
 from __future__ import annotations
 
+import builtins
+import errno
+import fnmatch
 import json
 import os
 import re
@@ -115,6 +118,18 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def spawned_workers(pid: int) -> list[int]:
+    """The children of ``pid`` that are multiprocessing spawn workers (not its resource tracker)."""
+    out = []
+    for child in children(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.append(child)
+        except OSError:
+            pass
+    return out
+
+
 def wait_until(what: str, pred: Callable[[], bool], proc: subprocess.Popen | None = None,
                timeout: float = 240.0, every: float = 0.02) -> None:
     """Poll ``pred`` until it holds; fail if ``proc`` ends first or ``timeout`` passes."""
@@ -164,3 +179,52 @@ def messages(stderr: str) -> list[str]:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+class FullDisk:
+    """``open`` for :mod:`harness.rundir`, whose atomic writes all go through it, as on a full disk.
+
+    A write of a file whose final name matches ``pattern`` (fnmatch) fails with ENOSPC, after ``after``
+    such writes succeed: the temporary file is created and half of the data reaches it, as when a disk
+    fills mid-write. Reads and every other file pass through untouched. ``hits``: the names it failed.
+    """
+
+    def __init__(self, pattern: str, after: int = 0) -> None:
+        self.pattern, self.after, self.seen, self.hits = pattern, after, 0, []
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        name = Path(file).name
+        final = name[1:].rsplit(".tmp", 1)[0] if name.startswith(".") and ".tmp" in name else name
+        if "w" in mode and fnmatch.fnmatch(final, self.pattern):
+            if self.seen >= self.after:
+                self.hits.append(final)
+                return _Filling(f)
+            self.seen += 1
+        return f
+
+
+class _Filling:
+    """A file that takes half of what is written to it, then fails with ENOSPC."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def write(self, data) -> int:
+        self.f.write(data[:len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative name: content)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

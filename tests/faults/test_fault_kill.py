@@ -22,6 +22,7 @@ from faultkit import (
     messages,
     records,
     runs,
+    spawned_workers,
     start_cli,
     temporaries,
     training,
@@ -44,41 +45,60 @@ def wait_gone(pids: list[int], grace_s: float = GRACE_S) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
+def kill_driver_when(what: str, pred, proc, every: float = 0.02) -> None:
+    """SIGKILL the driver (only: as kill -9 or the OOM killer would) once ``pred`` holds; its pool must be
+    gone within :data:`GRACE_S` seconds."""
+    wait_until(what, pred, proc, every=every)
+    pool = children(proc.pid)  # two workers and multiprocessing's resource tracker
+    assert len(pool) >= 2, pool
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    left = wait_gone(pool)
+    assert not left, f"pool processes {left} outlived their driver, killed {what}, by {GRACE_S} s"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["training", "certification"])
-def test_sigkill_of_the_pool_parent_ends_its_workers_and_the_next_invocation_resumes_identically(
-        reference, tmp_path, stage):
+def test_sigkill_of_the_pool_driver_at_start_in_training_and_in_certification_leaves_no_worker_and_resumes(
+        reference, tmp_path):
     profile = write_profile(tmp_path)
     rs = runs(profile, tmp_path)
-    proc = start_cli(cli_args(profile, tmp_path, "--executor", "local", "--workers", "2"))
+    args = cli_args(profile, tmp_path, "--executor", "local", "--workers", "2")
+    proc = start_cli(args)
+    try:  # killed the moment its workers start: before they could set up anything (the widest window)
+        kill_driver_when("two spawned workers", lambda: len(spawned_workers(proc.pid)) >= 2, proc, every=0.005)
+    finally:
+        end_session(proc)
+
+    proc = start_cli(args)
     try:
-        if stage == "training":
-            wait_until("a run between two epochs", lambda: training(rs), proc)
-        else:
-            wait_until("a certification under way", lambda: certifying(profile, rs), proc)
-        pool = children(proc.pid)  # two workers and multiprocessing's resource tracker
-        assert len(pool) >= 2, pool
-        os.kill(proc.pid, signal.SIGKILL)  # the driver only, as kill -9 or the OOM killer would
-        proc.wait(timeout=30)
-        left = wait_gone(pool)
-        assert not left, f"pool processes {left} outlived their killed driver by {GRACE_S} s"
+        kill_driver_when("a run between two epochs", lambda: training(rs), proc)
     finally:
         end_session(proc)
     assert not any(is_locked(r) for r in rs), "a dead worker's claim is still held"
+    interrupted = [r for r in rs if r.checkpoint.exists() and not r.finished]
+    assert interrupted
+
+    proc = start_cli(args)  # the same command again: it resumes, and is killed while it certifies
+    try:
+        kill_driver_when("a certification under way", lambda: certifying(profile, rs), proc)
+    finally:
+        end_session(proc)
+    assert not any(is_locked(r) for r in rs), "a dead worker's claim is still held"
+    for r in interrupted:
+        assert "resuming after epoch 1/2" in (r.path / "job.log").read_text()
+
     logs: list[str] = []
     assert reproduce(profile, device="cpu", threads=1, log=logs.append, **dirs_in(tmp_path)) == 0
-    if stage == "training":
-        assert any("resuming after epoch 1/2" in line for line in logs), logs
-    else:
-        assert any("to certify" in line and " 0 to certify" not in line for line in logs), logs
-    assert not temporaries(tmp_path)  # a write cut short by the kill is removed by the next claim
+    assert any("to certify" in line and " 0 to certify" not in line for line in logs), logs
+    assert not temporaries(tmp_path)  # a write cut short by a kill is removed by the next claim
     for mine, ref in zip(rs, runs(reference.profile, reference.root)):
         assert records(profile, mine).read_bytes() == records(reference.profile, ref).read_bytes()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["process group", "driver only"])
-def test_ctrl_c_stops_the_workers_releases_their_claims_and_says_how_to_resume(tmp_path, target):
+def test_ctrl_c_stops_the_workers_releases_their_claims_and_says_how_to_resume(tmp_path):
+    """Ctrl-C reaches the whole process group; the workers ignore it and their driver stops them, so this
+    covers a SIGINT of the driver alone too (the workers stop only because the driver ends them)."""
     profile = write_profile(tmp_path)
     rs = runs(profile, tmp_path)
     proc = start_cli(cli_args(profile, tmp_path, "--executor", "local", "--workers", "2"))
@@ -86,10 +106,7 @@ def test_ctrl_c_stops_the_workers_releases_their_claims_and_says_how_to_resume(t
         wait_until("a run between two epochs", lambda: training(rs), proc)
         pool = children(proc.pid)
         busy = [r for r in rs if job_record(r).get("state") == "running"]
-        if target == "process group":  # what Ctrl-C in a terminal does
-            os.killpg(proc.pid, signal.SIGINT)
-        else:  # kill -INT of the driver: its workers must not go on for hours
-            os.kill(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         out, err = proc.communicate(timeout=60)
         left = wait_gone(pool)
     finally:
