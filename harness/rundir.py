@@ -16,6 +16,7 @@ partial file.
 
 from __future__ import annotations
 
+import errno as E
 import hashlib
 import json
 import os
@@ -45,9 +46,8 @@ class DiskWriteError(RuntimeError):
         self.errno = errno
 
 
-def _write_failed(path: Path, e: OSError) -> DiskWriteError:
-    import errno as E
-
+def write_error(path: Path, e: OSError) -> DiskWriteError:
+    """The :class:`DiskWriteError` of an ``OSError`` met while writing ``path``: the file, the cause, the fix."""
     if e.errno in (E.ENOSPC, E.EDQUOT):
         fix = f"free space on the disk that holds {path.parent} (df -h {path.parent})"
     elif e.errno in (E.EACCES, E.EPERM, E.EROFS):
@@ -70,7 +70,7 @@ def _write_temporary(path: Path, data: bytes) -> Path:
     except BaseException as e:
         tmp.unlink(missing_ok=True)  # never leave a partial file behind
         if isinstance(e, OSError):
-            raise _write_failed(path, e) from e
+            raise write_error(path, e) from e
         raise
     return tmp
 
@@ -86,7 +86,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise _write_failed(path, e) from e
+        raise write_error(path, e) from e
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -247,8 +247,8 @@ def load_model(run: RunDir, device: torch.device | str = "cpu") -> nn.Module:
     state = load_checkpoint(run)
     if state is None or int(state.get("epoch", cfg.epochs)) < cfg.epochs:
         # a fallback to the previous checkpoint is not the final model
-        raise FileNotFoundError(f"run {run.path.name} has no usable final checkpoint; run the same command again "
-                                f"to train it again (from its last good epoch)")
+        raise FileNotFoundError(f"run {run.path.name} has no usable checkpoint of its last epoch; run the same "
+                                f"command again to train it again (from its last good epoch)")
     model = model_for(cfg)
     model.load_state_dict(state["model"])
     return model.to(device).eval()
@@ -332,7 +332,11 @@ class claim:
             if kind is None:
                 update_job_record(self.run, state="done", ended=now())
             else:
-                update_job_record(self.run, state="failed", ended=now(), error=f"{kind.__name__}: {value}"[:2000])
+                try:
+                    update_job_record(self.run, state="failed", ended=now(),
+                                      error=f"{kind.__name__}: {value}"[:2000])
+                except DiskWriteError:
+                    pass  # a full disk: the error on its way out names the file that failed first
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)

@@ -15,7 +15,7 @@ import pytest
 from faultkit import FullDisk, cli_args, dirs_in, records, runs, snapshot, temporaries, write_profile
 
 from harness import cli, rundir
-from harness.rundir import load_checkpoint
+from harness.rundir import _load_verified
 
 
 def one_error_line(capsys) -> str:
@@ -39,7 +39,8 @@ def test_a_full_disk_while_training_then_while_certifying_stops_cleanly_and_resu
     assert disk.hits == ["checkpoint.pt"]
     assert f"cannot write {first.checkpoint}: No space left on device" in line and "free space" in line, line
     assert "run the same command again" in line
-    assert int(load_checkpoint(first)["epoch"]) == 1  # the last good checkpoint, intact and verified
+    # the last good checkpoint, intact under its own name (checksum verified), the one before it kept
+    assert int(_load_verified(first.checkpoint)["epoch"]) == 1 and not first.previous.exists()
     assert not first.finished and not second.path.exists()  # a full disk stops the invocation
     assert not temporaries(tmp_path)
 
