@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        check_options(args)
         return args.fn(args)
     except ConfigError as e:
         return _err(str(e))
@@ -268,11 +269,24 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse option values argparse lets through, in one line, before anything runs: a folder option
+    naming a file, a worker or thread count below 1."""
+    from harness.config.constraints import ConfigError
+    from harness.orchestration.executors import check_counts
+
+    for opt in ("runs", "results", "plots", "out"):
+        value = getattr(args, opt, None)
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise ConfigError(f"--{opt} {value}: is a file, expected a folder; give a folder (created if missing)")
+    check_counts(getattr(args, "workers", None), getattr(args, "threads", None))
+
+
 def _known_errors() -> tuple[type, ...]:
     from harness.certification.records import InvariantError
     from harness.data import ChecksumError, DatasetUnavailableError, UnknownDatasetError
-    from harness.rundir import RunClaimed
+    from harness.rundir import DiskWriteError, RunClaimed
     from harness.training.loop import TrainingError
 
     return (TrainingError, FileNotFoundError, InvariantError, ChecksumError, DatasetUnavailableError,
-            UnknownDatasetError, RunClaimed, ValueError)
+            UnknownDatasetError, RunClaimed, ValueError, DiskWriteError)

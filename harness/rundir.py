@@ -16,6 +16,7 @@ partial file.
 
 from __future__ import annotations
 
+import errno as E
 import hashlib
 import json
 import os
@@ -35,18 +36,57 @@ from harness.data import get_info
 from harness.models import build_model
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so no reader sees a partial file."""
+class DiskWriteError(RuntimeError):
+    """A file could not be written (a full disk, a quota, a read-only folder). The file it was to replace
+    is intact; the message names the file and the fix. It stops the whole invocation: every other run
+    would fail in the same way."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+def write_error(path: Path, e: OSError) -> DiskWriteError:
+    """The :class:`DiskWriteError` of an ``OSError`` met while writing ``path``: the file, the cause, the fix."""
+    if e.errno in (E.ENOSPC, E.EDQUOT):
+        fix = f"free space on the disk that holds {path.parent} (df -h {path.parent})"
+    elif e.errno in (E.EACCES, E.EPERM, E.EROFS):
+        fix = f"make {path.parent} writable or point the command elsewhere (--runs / --results / --plots)"
+    else:
+        fix = "check the disk"
+    return DiskWriteError(f"cannot write {path}: {e.strerror or e} (errno {e.errno}); {fix}, then run the same "
+                          f"command again: the previous version of the file is intact and finished work is kept",
+                          e.errno)
+
+
+def _write_temporary(path: Path, data: bytes) -> Path:
+    """``data`` in a synced temporary file beside ``path`` (removed again if anything fails); its name."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)  # never leave a partial file behind
+        if isinstance(e, OSError):
+            raise write_error(path, e) from e
         raise
+    return tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so no reader sees a partial file.
+
+    An ``OSError`` (ENOSPC above all) becomes a :class:`DiskWriteError` naming ``path`` and the fix;
+    ``path`` then still holds its previous content.
+    """
+    tmp = _write_temporary(path, data)
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from e
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -62,13 +102,19 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process. A zombie is not: a killed worker stays one until its new
+    parent (init, or a container's PID 1 that may be slow to reap) collects it, and it writes nothing."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): signal 0 said it exists
+    return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -148,19 +194,30 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(run: RunDir, state: dict[str, Any]) -> None:
-    """Atomically replace the latest checkpoint, keeping the previous one as a fallback."""
+    """Atomically replace the latest checkpoint, keeping the previous one as a fallback.
+
+    Both new files (checkpoint and checksum) are written in full before anything is renamed, so a write
+    that fails (a full disk) leaves the latest and previous checkpoints as they were.
+    """
     import io
 
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
+    sidecar = run.checkpoint.with_suffix(".pt.sha256")
+    new = _write_temporary(run.checkpoint, data)
+    try:
+        new_sum = _write_temporary(sidecar, (hashlib.sha256(data).hexdigest() + "\n").encode())
+    except BaseException:
+        new.unlink(missing_ok=True)
+        raise
+    # Renames only from here on: they need no space.
     if run.checkpoint.exists():
         os.replace(run.checkpoint, run.previous)
-        sidecar = run.checkpoint.with_suffix(".pt.sha256")
         if sidecar.exists():
             os.replace(sidecar, run.previous.with_suffix(".pt.sha256"))
-    atomic_write_bytes(run.checkpoint, data)
-    atomic_write_text(run.checkpoint.with_suffix(".pt.sha256"), hashlib.sha256(data).hexdigest() + "\n")
+    os.replace(new, run.checkpoint)
+    os.replace(new_sum, sidecar)
 
 
 def _load_verified(path: Path) -> dict[str, Any]:
@@ -193,8 +250,10 @@ def load_model(run: RunDir, device: torch.device | str = "cpu") -> nn.Module:
     """The final model of a finished run, in eval mode."""
     cfg = run.read_config()
     state = load_checkpoint(run)
-    if state is None:
-        raise FileNotFoundError(f"run {run.path.name} has no usable checkpoint; train it again")
+    if state is None or int(state.get("epoch", cfg.epochs)) < cfg.epochs:
+        # a fallback to the previous checkpoint is not the final model
+        raise FileNotFoundError(f"run {run.path.name} has no usable checkpoint of its last epoch; run the same "
+                                f"command again to train it again (from its last good epoch)")
     model = model_for(cfg)
     model.load_state_dict(state["model"])
     return model.to(device).eval()
@@ -278,7 +337,11 @@ class claim:
             if kind is None:
                 update_job_record(self.run, state="done", ended=now())
             else:
-                update_job_record(self.run, state="failed", ended=now(), error=f"{kind.__name__}: {value}"[:2000])
+                try:
+                    update_job_record(self.run, state="failed", ended=now(),
+                                      error=f"{kind.__name__}: {value}"[:2000])
+                except DiskWriteError:
+                    pass  # a full disk: the error on its way out names the file that failed first
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)

@@ -29,7 +29,10 @@ float64 arithmetic only (:func:`harness.runtime.device.exact_arithmetic`).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +45,7 @@ from harness.config.settings import CertifySettings
 from harness.rundir import RunDir, atomic_write_text, write_json
 from harness.runtime.device import device_name, exact_arithmetic, peak_memory_gib, reset_peak_memory, resolve_device
 
-__all__ = ["certify_paths", "certify_run", "eps_sweep", "is_certified"]
+__all__ = ["certify_paths", "certify_run", "eps_sweep", "is_certified", "records_problem", "set_aside_bad_records"]
 
 
 def certify_run(run: RunDir, settings: CertifySettings, *, device: str = "auto", log=print,
@@ -51,6 +54,7 @@ def certify_run(run: RunDir, settings: CertifySettings, *, device: str = "auto",
     out_csv, out_json = certify_paths(run, settings)
     if not run.finished:
         raise RuntimeError(f"run {run.path.name} is not finished; train it first")
+    set_aside_bad_records(run, settings, log)
     if not force and is_certified(run, settings):
         return pd.read_csv(out_csv)
     dev = resolve_device(device)
@@ -63,8 +67,10 @@ def certify_run(run: RunDir, settings: CertifySettings, *, device: str = "auto",
         df = c.records()
         check_invariants(df, where=f"run {run.path.name}")
         sweep = eps_sweep(c)
-    atomic_write_text(out_csv, df.to_csv(index=False))
+    text = df.to_csv(index=False)
+    atomic_write_text(out_csv, text)
     meta = {"run_id": run.path.name, "settings": settings.to_dict(), "eps": c.eps, "n_test": c.n,
+            "records_sha256": hashlib.sha256(text.encode()).hexdigest(),  # tells a truncated CSV
             "device": str(dev), "device_name": device_name(dev), "times_s": c.times, "eps_sweep": sweep,
             **c.covered, "batch_sizes": c.batches.used, "peak_memory_gib": peak_memory_gib(dev), **_counts(c)}
     write_json(out_json, meta)
@@ -111,8 +117,53 @@ def certify_paths(run: RunDir, settings: CertifySettings) -> tuple[Path, Path]:
 
 
 def is_certified(run: RunDir, settings: CertifySettings) -> bool:
-    """Whether the run has certification records made with exactly these settings."""
+    """Whether the run has complete certification records made with exactly these settings."""
     out_csv, out_json = certify_paths(run, settings)
     if not (out_json.exists() and out_csv.exists()):
         return False
-    return json.loads(out_json.read_text()).get("settings") == settings.to_dict()
+    try:
+        meta = json.loads(out_json.read_text())
+    except json.JSONDecodeError:
+        return False
+    return meta.get("settings") == settings.to_dict() and records_problem(run, settings) is None
+
+
+def records_problem(run: RunDir, settings: CertifySettings) -> str | None:
+    """What is wrong with the run's records under ``settings`` (truncated, corrupted), or None.
+
+    The metadata, written after the records, holds their SHA-256; records from before it was recorded
+    are checked for their row count instead.
+    """
+    out_csv, out_json = certify_paths(run, settings)
+    if not out_csv.exists():
+        return None
+    if not out_json.exists():
+        return None  # a certification that stopped between its two writes: it is simply redone
+    try:
+        meta = json.loads(out_json.read_text())
+    except json.JSONDecodeError:
+        return f"{out_json.name} is not valid JSON"
+    data = out_csv.read_bytes()
+    if "records_sha256" in meta:
+        if hashlib.sha256(data).hexdigest() != meta["records_sha256"]:
+            return "its checksum does not match (truncated or corrupted)"
+        return None
+    rows = max(data.count(b"\n") - 1, 0) if data.endswith(b"\n") else -1
+    if rows != meta.get("n_test"):
+        return f"it has {max(rows, 0)} complete rows, not the {meta.get('n_test')} recorded (truncated)"
+    return None
+
+
+def set_aside_bad_records(run: RunDir, settings: CertifySettings, log=print) -> bool:
+    """Rename truncated or corrupted records (and their metadata) to ``*.corrupt-<time>``, never delete
+    them, with a warning naming the file, so that they are certified again; whether any were."""
+    why = records_problem(run, settings)
+    if why is None:
+        return False
+    stamp = int(time.time())
+    for path in certify_paths(run, settings):
+        if path.exists():
+            os.replace(path, path.with_name(f"{path.name}.corrupt-{stamp}"))
+    log(f"warning: certification records {certify_paths(run, settings)[0]} are unusable ({why}); moved to "
+        f"{certify_paths(run, settings)[0].name}.corrupt-{stamp}; certifying the run again")
+    return True

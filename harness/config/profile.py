@@ -32,6 +32,7 @@ from harness.config.settings import (
     run_config_model,
     run_options_model,
 )
+from harness.data import get_info
 
 __all__ = ["Ablations", "AblationVariant", "PlannedRun", "Profile", "Setting", "json_schemas", "load_any",
            "load_profile", "profile_model"]
@@ -226,6 +227,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
             if own else certify
         settings.append(Setting(dataset, eps_value(eps), label.replace(" ", ""), methods, {**defaults, **s}, params,
                                 cert))
+        _check_setting(path, data["settings"], i, own, cert)
     meta = data.get("profile", {})
     ablations = None
     if "ablations" in data:
@@ -247,6 +249,20 @@ def load_profile(name_or_path: str | Path) -> Profile:
     )
     profile.plan()  # build and validate every run now, before any work
     return profile
+
+
+def _check_setting(path: Path, raw: list[dict[str, Any]], i: int, own: dict[str, Any], cert: CertifySettings) -> None:
+    """Refuse what the schema cannot see in one setting: a repeat of an earlier one, and a test prefix
+    longer than the dataset's test set (which would run, certifying fewer samples than the tables say)."""
+    for j in range(i):
+        if raw[j] == raw[i]:
+            raise ConfigError(f"{path}: settings[{i}] repeats settings[{j}] verbatim; remove one of them")
+    dataset = raw[i]["dataset"]
+    size = get_info(dataset).test_size
+    if cert.n_test > size:
+        where = f"settings[{i}].certify.n_test" if "n_test" in own else f"certify.n_test (settings[{i}], {dataset})"
+        raise ConfigError(f"{path}: {where} = {cert.n_test} is larger than the {dataset} test set ({size} images); "
+                          f"set n_test to at most {size}")
 
 
 def load_any(name_or_path: str | Path) -> tuple[str, Profile | RunConfig]:

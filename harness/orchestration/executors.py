@@ -29,9 +29,11 @@ from typing import Callable
 
 from harness.certification.records import InvariantError, summarize
 from harness.certification.run import certify_run, is_certified
+from harness.config.constraints import ConfigError
 from harness.config.settings import SlurmSettings
-from harness.orchestration.jobs import JobResult, JobSpec, file_logger, run_job, set_threads
-from harness.rundir import RunDir, job_record, now, update_job_record
+from harness.orchestration.jobs import JobResult, JobSpec, file_logger, run_job
+from harness.orchestration.worker import init_worker
+from harness.rundir import DiskWriteError, RunDir, is_locked, job_record, now, update_job_record
 
 EXECUTORS = ("inline", "local", "slurm")
 
@@ -53,9 +55,10 @@ OnDone = Callable[[Outcome], None]
 
 
 def _fatal(e: BaseException) -> bool:
-    """Errors that stop the whole invocation: a soundness bug, or the user's interrupt."""
+    """Errors that stop the whole invocation: a soundness bug, the user's interrupt, or a file that cannot
+    be written (a full disk fails every other run the same way)."""
 
-    return isinstance(e, (InvariantError, KeyboardInterrupt))
+    return isinstance(e, (InvariantError, KeyboardInterrupt, DiskWriteError))
 
 
 def _blocked(spec: JobSpec, failed: set[str]) -> Outcome | None:
@@ -91,20 +94,6 @@ class InlineExecutor:
         return outcomes
 
 
-def _init_worker(threads: int | None) -> None:
-    """A local worker: its torch threads, and its end when the invoking process ends (however it ends),
-    so that no orphan keeps training a run after its driver was killed (Linux; elsewhere a no-op)."""
-    set_threads(threads)
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _worker_job(spec: JobSpec) -> JobResult:
     """What a local worker runs: one job, its detailed log in the run folder."""
     root = Path(spec.runs_root) / spec.run_id
@@ -118,8 +107,7 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, workers: int, threads: int | None = None, log: Callable[[str], None] = print) -> None:
-        if workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {workers}")
+        check_counts(workers, threads)
         self.workers = workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self.log = log
@@ -135,8 +123,8 @@ class LocalExecutor:
             return s.teacher is None or s.teacher not in ids or s.teacher in finished
 
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(self.threads,)) as pool:
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=init_worker,
+                                 initargs=(self.threads, os.getpid())) as pool:
             try:
                 while waiting or running:
                     for s in [s for s in waiting if ready(s) or s.teacher in failed]:
@@ -163,12 +151,48 @@ class LocalExecutor:
                             failed.add(s.run_id)
                         outcomes.append(out)
                         on_done(out)
-            except BaseException:
+            except BaseException as e:
+                # Ctrl-C, a soundness bug or a full disk: every other job would stop or fail the same way,
+                # so the workers stop now instead of finishing their current runs (which could take hours).
+                procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
                 for fut in running:
                     fut.cancel()
                 pool.shutdown(wait=False, cancel_futures=True)
+                stopped = _stop_workers(procs)
+                _record_interrupted(list(running.values()), e)
+                if stopped:
+                    self.log(f"stopped {stopped} worker(s); their runs are released and resume from their last "
+                             f"checkpoint next time")
                 raise
         return outcomes
+
+
+def _stop_workers(procs: list, grace_s: float = 5.0) -> int:
+    """End a pool's worker processes (SIGTERM, then SIGKILL after ``grace_s``); how many were alive.
+
+    ``procs``: the pool's own table of its workers (``_processes``: private, but there since Python
+    3.2). A worker's death releases its run's claim (an ``flock``).
+    """
+    procs = [p for p in procs if p.is_alive()]
+    for p in procs:
+        p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    return len(procs)
+
+
+def _record_interrupted(specs: list[JobSpec], why: BaseException) -> None:
+    """Mark the runs that stopped workers were on as interrupted in their ``job.json`` (a stopped worker
+    had no chance to), unless something else holds them by now."""
+    reason = "interrupted (Ctrl-C)" if isinstance(why, KeyboardInterrupt) else f"stopped: {type(why).__name__}: {why}"
+    for spec in specs:
+        run = RunDir(Path(spec.runs_root) / spec.run_id)
+        if run.path.exists() and not is_locked(run) and job_record(run).get("state") == "running":
+            update_job_record(run, state="interrupted", ended=now(), error=reason[:2000])
 
 
 # ---- SLURM ------------------------------------------------------------------------------------------
@@ -307,14 +331,27 @@ def _why(run) -> str:
     return "cancelled, killed or lost; see its log under " + str(run.path / "slurm")
 
 
+def check_counts(workers: int | None, threads: int | None) -> None:
+    """Refuse a worker or thread count below 1 in one line (torch's own error is a traceback, and 0
+    workers would silently mean one per core)."""
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: the local executor needs at least 1 worker process; give a "
+                          f"positive number, or leave --workers out for one per CPU core ({os.cpu_count()} here)")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads {threads}: a run needs at least 1 CPU thread; give a positive number, or "
+                          f"leave --threads out for the default (cores / workers)")
+
+
 def make_executor(name: str, *, workers: int | None = None, threads: int | None = None,
                   slurm: SlurmSettings | None = None,
                   poll_s: float = 10.0, log: Callable[[str], None] = print):
-    """The executor called ``name`` (see :data:`EXECUTORS`)."""
+    """The executor called ``name`` (see :data:`EXECUTORS`); a worker or thread count below 1 is refused
+    (ConfigError) before anything runs: ``None`` is the default, never 0."""
+    check_counts(workers, threads)
     if name == "inline":
         return InlineExecutor(threads, log)
     if name == "local":
-        return LocalExecutor(workers or os.cpu_count() or 1, threads, log)
+        return LocalExecutor((os.cpu_count() or 1) if workers is None else workers, threads, log)
     if name == "slurm":
         return SlurmExecutor(slurm or SlurmSettings(), poll_s, log)
     raise ValueError(f"unknown executor {name!r}; known: {', '.join(EXECUTORS)}")

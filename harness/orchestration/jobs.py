@@ -19,7 +19,7 @@ from harness.certification.records import summarize
 from harness.certification.run import certify_run
 from harness.config.profile import PlannedRun
 from harness.config.settings import CertifySettings, RunConfig
-from harness.rundir import RunDir, claim
+from harness.rundir import RunDir, claim, write_error
 from harness.training.loop import train
 
 
@@ -96,6 +96,9 @@ def _run_job(spec: JobSpec, log: Callable[[str], None]) -> JobResult:
 def file_logger(path: Path) -> Callable[[str], None]:
     """A ``log`` function that appends lines to ``path`` (a worker's per-run log)."""
     def log(msg: str) -> None:
-        with open(path, "a") as f:
-            f.write(msg + "\n")
+        try:
+            with open(path, "a") as f:
+                f.write(msg + "\n")
+        except OSError as e:  # a full disk: one line naming the log, not an errno from deep in a worker
+            raise write_error(path, e) from e
     return log

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from harness.certification.run import is_certified
+from harness.certification.run import is_certified, set_aside_bad_records
 from harness.config.constraints import ConfigError
 from harness.config.profile import PlannedRun, Profile, load_profile
 from harness.config.settings import RUNS
@@ -69,6 +69,8 @@ def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_
     log(f"profile {profile.name}: {profile.description}")
     available, skipped = available_datasets(profile, log)
     plan = [p for p in profile.plan() if p.cfg.dataset in available]
+    for p in plan:  # here, so that the warning naming a truncated records file reaches the console
+        set_aside_bad_records(RunDir.of(p.cfg, runs_root), profile.certify_for(p), log)
     state = plan_state(profile, runs_root)
     todo = [p for p in plan if state[p.run_id] == "todo" or (state[p.run_id] == "trained" and not train_only)]
     to_train = [p for p in todo if state[p.run_id] == "todo"]

@@ -49,7 +49,7 @@ def run_status(run, certify) -> tuple[str, str]:
         return "failed", rec["error"].splitlines()[-1][:300] if rec.get("error") else "see its log"
     if run.finished:
         return "trained", "not certified with the profile's current settings"
-    if run.checkpoint.exists() or rec.get("state") in ("running", "submitted"):
+    if run.checkpoint.exists() or rec.get("state") in ("running", "submitted", "interrupted"):
         epochs = len(run.read_metrics())
         why = f"its {describe_job(rec)} ended without finishing; " if rec else ""
         return "interrupted", f"{why}{epochs} epoch(s) done; the next invocation resumes it"

@@ -26,6 +26,7 @@ from harness.certification.records import (
     col,
     covered_key,
     gap_col,
+    is_certified,
     stage_gaps,
     summarize,
 )
@@ -86,7 +87,7 @@ def profile_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
                "method": cfg.method, "variant": p.variant, "arch": cfg.arch, "seed": cfg.seed, "epochs": cfg.epochs,
                "run_id": cfg.run_id, "certify_key": profile.certify_for(p).key}
         csv_path, meta_path = certify_paths(run, profile.certify_for(p))
-        if meta_path.exists() and csv_path.exists():
+        if is_certified(run, profile.certify_for(p)):  # complete records only: a truncated CSV is "not run"
             df = pd.read_csv(csv_path)
             check_invariants(df, where=f"run {cfg.run_id}")
             meta = json.loads(meta_path.read_text())

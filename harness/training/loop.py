@@ -183,8 +183,13 @@ def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None
     run = RunDir.of(cfg, runs_root)
     teacher_run = check_teacher(cfg, runs_root)  # before anything is written
     if run.finished:
-        log(f"[{cfg.run_id}] finished earlier; nothing to do")
-        return run
+        # The final checkpoint is the run's result: a truncated or corrupted one is set aside (named in
+        # the warning) and the run trains again from its last good epoch, instead of failing later.
+        final = load_checkpoint(run, log)
+        if final is not None and int(final["epoch"]) >= cfg.epochs:
+            log(f"[{cfg.run_id}] finished earlier; nothing to do")
+            return run
+        log(f"[{cfg.run_id}] finished earlier, but its final checkpoint is unusable; training it again")
     method = make_method(cfg.method, cfg.params)
     info = get_info(cfg.dataset)
     images, labels = load_split(cfg.dataset, "train")
@@ -290,8 +295,9 @@ def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None
         row.update({"val_eps": eps, "val_time_s": time.perf_counter() - t1})
         save_checkpoint(run, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                               "rng": _rng_state(dev), "train_time_s": manifest["train_time_s"]})
-        with open(run.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        # rewritten whole, not appended: a full disk must not leave half a line for the resume to trip on
+        previous = run.metrics.read_text() if run.metrics.exists() else ""
+        atomic_write_text(run.metrics, previous + json.dumps(row) + "\n")
         log(f"[{cfg.run_id}] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} train acc {row['train_acc']:.1f}% "
             f"| val clean {row['val_clean']:.1f}% pgd {row['val_pgd']:.1f}% ibp-cert {row['val_ibp_cert']:.1f}% "
             f"@eps {eps:.4g} | {epoch_time:.1f}s")

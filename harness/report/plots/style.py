@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # headless: figures are files
 import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.config.settings import REPO  # noqa: E402
+from harness.rundir import atomic_write_bytes  # noqa: E402
 
 PLOTS = REPO / "plots"
 METHOD_STYLE = {  # one colour and marker per method, the same in every figure
@@ -26,7 +27,12 @@ def method_style(method: str) -> tuple[str, str]:
 
 
 def save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    """Save ``fig`` as ``path`` (PNG) atomically: rendered in memory, then written through
+    :func:`harness.rundir.atomic_write_bytes`, so a full disk leaves the previous figure and a one-line
+    error naming the file."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -5,7 +5,6 @@ al.'s warm-up regularisers, the training attack, the clean pass)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
