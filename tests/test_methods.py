@@ -1,4 +1,4 @@
-"""Each method's loss is the formula of shared/methods.md, computed independently here."""
+"""Each method's loss is the formula of docs/methods.md, computed independently here."""
 
 import copy
 

@@ -6,7 +6,7 @@ BatchNorm statistics come from the clean pass (which every method computes first
 subclass of its parameter class in :mod:`harness.config.methods` (fields, defaults, validation) that
 adds the loss; the losses live by family: :mod:`.standard` (standard, PGD), :mod:`.certified` (IBP,
 SABR, CROWN-IBP), :mod:`.expressive` (MTL-IBP, CC-IBP, Exp-IBP), :mod:`.distillation` (AD-CERT,
-CC-DIST), on the building blocks of :mod:`.base`. Formulas: shared/methods.md.
+CC-DIST), on the building blocks of :mod:`.base`. Formulas: docs/methods.md.
 """
 
 from __future__ import annotations

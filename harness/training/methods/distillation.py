@@ -1,5 +1,5 @@
 """Certified training with a frozen PGD teacher: AD-CERT (logit distillation) and CC-DIST (feature
-distillation), as the AD-CERT authors implemented them (shared/methods.md)."""
+distillation), as the AD-CERT authors implemented them (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _teacher(b: Batch, method: str) -> torch.nn.Module:
 
 @dataclass
 class ADCERT(ADCERTParams, Method):
-    """AD-CERT as implemented by its authors (shared/methods.md).
+    """AD-CERT as implemented by its authors (docs/methods.md).
 
     L = (1 - w) CE(f_S(x), y) + w [alpha L_IBP + (1 - alpha) L_AD]   (alpha > 0)
     L = (1 - w) CE(f_S(x), y) + w L_AD                                (alpha = 0)
@@ -87,7 +87,7 @@ def worst_case_feature_distance(lower: torch.Tensor, upper: torch.Tensor, target
 
 @dataclass
 class CCDIST(CCDISTParams, Method):
-    """CC-DIST (De Palma, arXiv 2602.02626) as the AD-CERT authors reimplemented it (shared/methods.md):
+    """CC-DIST (De Palma, arXiv 2602.02626) as the AD-CERT authors reimplemented it (docs/methods.md):
 
         L = CE(alpha u_IBP + (1 - alpha) m(f_S(x_adv)), y)
             + (5 / d) mean_b sum_j max((h_cc_lo,j - h_T,j)^2, (h_cc_hi,j - h_T,j)^2)
