@@ -192,7 +192,10 @@ def _record_interrupted(specs: list[JobSpec], why: BaseException) -> None:
     for spec in specs:
         run = RunDir(Path(spec.runs_root) / spec.run_id)
         if run.path.exists() and not is_locked(run) and job_record(run).get("state") == "running":
-            update_job_record(run, state="interrupted", ended=now(), error=reason[:2000])
+            try:
+                update_job_record(run, state="interrupted", ended=now(), error=reason[:2000])
+            except DiskWriteError:
+                pass  # a full disk: the error on its way out says more; status reports the run as interrupted
 
 
 # ---- SLURM ------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from harness.orchestration.executors import Outcome, make_executor
 from harness.orchestration.jobs import JobSpec
 from harness.report.plots import build_figures
 from harness.report.tables import build_tables
-from harness.rundir import RunDir
+from harness.rundir import RunDir, is_locked
 from harness.runtime.device import resolve_device
 
 
@@ -70,7 +70,9 @@ def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_
     available, skipped = available_datasets(profile, log)
     plan = [p for p in profile.plan() if p.cfg.dataset in available]
     for p in plan:  # here, so that the warning naming a truncated records file reaches the console
-        set_aside_bad_records(RunDir.of(p.cfg, runs_root), profile.certify_for(p), log)
+        run = RunDir.of(p.cfg, runs_root)
+        if not is_locked(run):  # a live worker may be between writing the records and their metadata
+            set_aside_bad_records(run, profile.certify_for(p), log)
     state = plan_state(profile, runs_root)
     todo = [p for p in plan if state[p.run_id] == "todo" or (state[p.run_id] == "trained" and not train_only)]
     to_train = [p for p in todo if state[p.run_id] == "todo"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import builtins
 import errno
 import fnmatch
-import json
 import os
 import re
 import signal
@@ -175,10 +174,6 @@ TORCH_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")
 def messages(stderr: str) -> list[str]:
     """The non-empty lines of a command's stderr, torch's own import-time log lines left out."""
     return [ln for ln in stderr.strip().splitlines() if ln.strip() and not TORCH_LOG.match(ln)]
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 class FullDisk:

@@ -33,7 +33,8 @@ methods = ["standard"]
 
 # (id, extra reproduce options (<file>: a file, <dir>: a folder), profile text, expected part of the line)
 CASES = [
-    ("workers-0", ["--executor", "local", "--workers", "0"], PROFILE, "--workers 0: the local executor needs at least 1"),
+    ("workers-0", ["--executor", "local", "--workers", "0"], PROFILE,
+     "--workers 0: the local executor needs at least 1"),
     ("workers-neg", ["--executor", "local", "--workers", "-2"], PROFILE, "--workers -2: the local executor needs"),
     ("threads-neg", ["--threads", "-1"], PROFILE, "--threads -1: a run needs at least 1 CPU thread"),
     ("threads-0", ["--threads", "0"], PROFILE, "--threads 0: a run needs at least 1 CPU thread"),
