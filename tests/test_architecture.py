@@ -123,3 +123,12 @@ def test_no_harness_import_hidden_inside_a_function():
                                      "attacks", "data", "runtime"])
 def test_each_concept_has_its_package(package):
     assert (PACKAGE / package / "__init__.py").is_file()
+
+
+def test_every_module_imports():
+    """A name moved between modules fails here at once, not in the first test that happens to use it."""
+    import importlib
+
+    for name in sorted(modules()):
+        if name != "harness.__main__":
+            importlib.import_module(name)

@@ -26,11 +26,10 @@ from harness.certification.records import (
     col,
     covered_key,
     gap_col,
-    is_certified,
     stage_gaps,
     summarize,
 )
-from harness.certification.run import certify_paths
+from harness.certification.run import certify_paths, is_certified
 from harness.config.profile import Profile, load_profile
 from harness.config.settings import BENCHMARKS, REPO, RUNS
 from harness.data import DatasetUnavailableError, ensure_dataset
