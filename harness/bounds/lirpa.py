@@ -299,8 +299,8 @@ def _match_relu_nodes(bounded: BoundedModule, expected: list[Tensor]) -> list[An
 
 def lirpa_relu_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, method: str = "crown", *,
                       batch_size: int | None = None, alpha_iterations: int = 20,
-                      alpha_lr: float = 0.1, box: tuple[Tensor, Tensor] | None = None
-                      ) -> list[tuple[Tensor, Tensor]]:
+                      alpha_lr: float = 0.1, box: tuple[Tensor, Tensor] | None = None,
+                      return_margins: bool = False):
     """Bounds of every ReLU's input over B(x, eps) ∩ [0, 1], as auto_LiRPA computed them in a pass.
 
     For a complete verifier that fixes stable ReLUs. The pass is the one :func:`lirpa_margin_bounds`
@@ -326,6 +326,10 @@ def lirpa_relu_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, method
     Raises:
         ValueError: as :func:`lirpa_margin_bounds`.
         RuntimeError: the model's ReLU calls cannot be matched one-to-one with auto_LiRPA's ReLU nodes.
+
+    ``box``: as :func:`lirpa_margin_bounds`. ``return_margins``: return ``(margin lower bounds, relu
+    bounds)`` of the same pass (what :func:`lirpa_margin_bounds` would return), for a caller that
+    needs both: one alpha-CROWN optimisation instead of two.
     """
     _check_options(method, batch_size, alpha_iterations, alpha_lr)
     spec.check_batch(x, y)
@@ -343,7 +347,14 @@ def lirpa_relu_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, method
         chunks.append([(n.inputs[0].lower.detach().clone(), n.inputs[0].upper.detach().clone())
                        for n in nodes])
 
-    _bound_passes(model, x, y, eps, method, batch_size, alpha_iterations, alpha_lr, after_pass=collect, box=box)
+    margins = _bound_passes(model, x, y, eps, method, batch_size, alpha_iterations, alpha_lr, after_pass=collect,
+                            box=box)
+    if return_margins:
+        return margins, _joined(chunks, expected, x)
+    return _joined(chunks, expected, x)
+
+
+def _joined(chunks: list[list[tuple[Tensor, Tensor]]], expected: list[Tensor], x: Tensor) -> list[tuple[Tensor, Tensor]]:
     if not chunks:  # empty batch: empty bounds of the right shapes
         return [(e.clone(), e.clone()) for e in expected]
     return [(torch.cat([c[i][0] for c in chunks]).to(device=x.device, dtype=x.dtype),

@@ -288,8 +288,8 @@ class Verifier:
         centre64 = ((lo64 + hi64) / 2).clamp(min=lo64, max=hi64)
         kw = dict(box=(lo64, hi64))
         t = time.perf_counter()
-        crown = lirpa.lirpa_relu_bounds(self.model64, centre64, y, 0.0, "crown", **kw)
-        best = torch.maximum(best, lirpa.lirpa_margin_bounds(self.model64, centre64, y, 0.0, "crown", **kw)[0])
+        margin, crown = lirpa.lirpa_relu_bounds(self.model64, centre64, y, 0.0, "crown", return_margins=True, **kw)
+        best = torch.maximum(best, margin[0])
         bounds = intersect_relu_bounds(own, crown)
         magnitudes += [float(torch.maximum(u.abs(), l.abs()).max()) for l, u in crown]
         times["crown"] = time.perf_counter() - t
@@ -299,9 +299,9 @@ class Verifier:
         if s.alpha_crown and left() > 0:
             t = time.perf_counter()
             aopt = dict(alpha_iterations=s.alpha_iterations, **kw)
-            alpha = lirpa.lirpa_relu_bounds(self.model64, centre64, y, 0.0, "alpha-crown", **aopt)
-            best = torch.maximum(best, lirpa.lirpa_margin_bounds(self.model64, centre64, y, 0.0, "alpha-crown",
-                                                                 **aopt)[0])
+            margin, alpha = lirpa.lirpa_relu_bounds(self.model64, centre64, y, 0.0, "alpha-crown",
+                                                    return_margins=True, **aopt)
+            best = torch.maximum(best, margin[0])
             bounds = intersect_relu_bounds(bounds, alpha)
             magnitudes += [float(torch.maximum(u.abs(), l.abs()).max()) for l, u in alpha]
             times["alpha-crown"] = time.perf_counter() - t

@@ -78,3 +78,33 @@ def test_a_band_no_bound_can_clear_is_unknown_at_once_with_the_numbers():
                    attack_margins={j: 0.5 for j in range(4) if j != label})
     assert time.perf_counter() - t < 5  # not the time limit
     assert r.verdict == "unknown" and "cannot clear the float band" in r.reason and "threshold 1e+03" in r.reason
+
+
+def test_lirpa_bounds_over_an_explicit_box_equal_the_balls_and_hold_on_a_narrower_box():
+    from harness.bounds import lirpa  # lazy, as everywhere: importing auto_LiRPA patches torch
+    from harness.threat_model import input_box
+
+    model = _net(1)
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1)
+    lo, hi = input_box(x, 0.05)
+    ball = lirpa.lirpa_margin_bounds(model, x, y, 0.05, "crown")
+    assert torch.equal(lirpa.lirpa_margin_bounds(model, x, y, 0.05, "crown", box=(lo, hi)), ball)
+    narrow = lirpa.lirpa_margin_bounds(model, x, y, 0.0, "crown", box=(x - (x - lo) / 2, x + (hi - x) / 2))
+    assert bool((narrow >= ball - 1e-6).all())  # a sub-box: bounds at least as tight
+    relu = lirpa.lirpa_relu_bounds(model, x, y, 0.0, "crown", box=(lo, hi))
+    assert all(bool((l <= u).all()) for l, u in relu)
+    with pytest.raises(ValueError, match="inside the box"):
+        lirpa.lirpa_margin_bounds(model, x, y, 0.0, "crown", box=(lo + 1, hi + 1))
+
+
+def test_one_pass_gives_the_margin_and_relu_bounds_of_two():
+    from harness.bounds import lirpa
+
+    model = _net(2)
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    margins, relu = lirpa.lirpa_relu_bounds(model, x, y, 0.05, "crown", return_margins=True)
+    assert torch.equal(margins, lirpa.lirpa_margin_bounds(model, x, y, 0.05, "crown"))
+    for (l1, u1), (l2, u2) in zip(relu, lirpa.lirpa_relu_bounds(model, x, y, 0.05, "crown")):
+        assert torch.equal(l1, l2) and torch.equal(u1, u2)
