@@ -301,12 +301,23 @@ def _decide(net: MILPNetwork, model: nn.Module, y: int, bounds: list[tuple[np.nd
         verdict, reason = _VERIFIED, ""
     else:
         verdict = _UNKNOWN
-        reason = "; ".join(f"class {c.target}: {c.reason}" for c in classes if c.verdict == _UNKNOWN)
+        reason = _per_class_reason([c for c in classes if c.verdict in (_UNKNOWN, "not_run")])
     best = [max(c.lower_bound, known_by_class[c.target]) for c in classes]
     return CompleteResult(
         verdict=verdict, min_lower_bound=min(best) if best else math.inf,
         counterexample=counterexample, classes=classes, time_s=time.perf_counter() - start, nodes=nodes_used,
         reason=reason, band=band, wall_clock_limited=wall_limited, counts=program.counts)
+
+
+def _per_class_reason(classes: list[ClassResult]) -> str:
+    """The reason of an unknown sample, per class: classes with the same reason named together, the
+    classes that were tried (their own reason) before those never tried."""
+    groups: dict[str, list[int]] = {}
+    for c in classes:
+        groups.setdefault(c.reason, []).append(c.target)
+    parts = sorted(groups.items(), key=lambda kv: (kv[0].startswith("not tried") or kv[0].startswith("the sample"),
+                                                   min(kv[1])))
+    return "; ".join(f"class{'es' if len(t) > 1 else ''} {', '.join(map(str, t))}: {r}" for r, t in parts)
 
 
 # ----------------------------------------------------------------------------------------- checks

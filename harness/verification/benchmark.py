@@ -106,8 +106,12 @@ def run_instances(loaded: list[Loaded], out_dir: Path, *, settings: VerifySettin
                 (out_dir / cex_name).write_text(_cex_text(x, y))
             else:
                 result, reason = "unknown", "a counterexample of the torch model that onnxruntime does not confirm"
+        elapsed = time.perf_counter() - t
+        if result in ("sat", "unsat") and elapsed > limit:
+            # the stages before the MILP do not stop on the clock: say so (the summary counts it apart)
+            reason = f"decided after the time limit ({elapsed:.1f} s > {limit:g} s)"
         row = {"onnx": inst.onnx.name, "vnnlib": inst.vnnlib.name, "result": result,
-               "time_s": round(time.perf_counter() - t, 3), "stage": r.stage, "reason": reason,
+               "time_s": round(elapsed, 3), "stage": r.stage, "reason": reason,
                "timeout_s": limit, "band": f"{r.band:.3g}", "counterexample": cex_name}
         rows.append(row)
         log(f"{row['onnx']} {row['vnnlib']}: {result} ({r.stage}, {row['time_s']:.1f} s){': ' + reason if reason else ''}")
@@ -135,12 +139,14 @@ def compare_official(rows: list[dict], official_csv: Path, out_dir: Path) -> dic
     """Our verdicts beside the official ones (``official.csv``: onnx, vnnlib, consensus, one column per tool).
 
     Writes ``out_dir/comparison.csv`` (per instance) and ``out_dir/summary.csv`` (decided / agree /
-    disagree for us and every official tool, over the instances we ran). Returns our counts.
+    disagree for us and every official tool, over the instances we ran; for us also how many were
+    decided within their time limit). Returns our counts.
     """
     with Path(official_csv).open(newline="") as f:
         official = {(r["onnx"], r["vnnlib"]): r for r in csv.DictReader(f)}
     tools = [c for c in next(iter(official.values())) if c not in ("onnx", "vnnlib", "consensus")]
     per_instance, counts = [], {name: {"decided": 0, "agree": 0, "disagree": 0} for name in ["harness"] + tools}
+    counts["harness"]["decided_in_time"] = 0
     official_decided = 0
     for row in rows:
         key = (_plain(row["onnx"]), _plain(row["vnnlib"]))
@@ -153,6 +159,8 @@ def compare_official(rows: list[dict], official_csv: Path, out_dir: Path) -> dic
             if verdict in ("sat", "unsat"):
                 c = counts[name]
                 c["decided"] += 1
+                if name == "harness":
+                    c["decided_in_time"] += float(row["time_s"]) <= float(row["timeout_s"])
                 if truth in ("sat", "unsat"):
                     c["agree" if verdict == truth else "disagree"] += 1
         per_instance.append({"onnx": key[0], "vnnlib": key[1], "harness": row["result"], "official": truth,
@@ -162,7 +170,7 @@ def compare_official(rows: list[dict], official_csv: Path, out_dir: Path) -> dic
     summary = [{"verifier": name, "instances": len(per_instance), "official_decided": official_decided, **c}
                for name, c in counts.items()]
     _write_csv(out_dir / "summary.csv", summary,
-               ("verifier", "instances", "official_decided", "decided", "agree", "disagree"))
+               ("verifier", "instances", "official_decided", "decided", "agree", "disagree", "decided_in_time"))
     return counts["harness"] | {"instances": len(per_instance), "official_decided": official_decided}
 
 
