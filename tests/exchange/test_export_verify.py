@@ -43,6 +43,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_export_then_verify_reads_back_to_the_torch_models_verdicts(mlp_run, tmp_path, capsys):
     n = 6
     assert main(["export", str(mlp_run.path), "--n", str(n), "--out", str(tmp_path / "exports")]) == 0

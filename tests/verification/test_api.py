@@ -32,6 +32,7 @@ def _violated(model, x: torch.Tensor, label: int) -> torch.Tensor:
     return others.max(1).values >= z[:, label]
 
 
+@pytest.mark.slow
 def test_verdicts_on_random_boxes_are_real_counterexamples_or_survive_sampling():
     statuses = []
     for seed in range(6):

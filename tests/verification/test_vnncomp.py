@@ -28,6 +28,7 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_the_shipped_mnist_fc_subset_gets_the_official_verdicts(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["verify", "--instances", str(BENCH / "instances.csv"), "--timeout-cap", "60",
