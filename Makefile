@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SETUP_SENTINEL := $(VENV)/.setup-done
 PROFILE ?= cpu
 
-.PHONY: setup data reproduce tables figures test test-quick bench gpu-check clean-runs
+.PHONY: setup data reproduce tables figures test test-quick bench gpu-check clean-runs verify-bench
 
 # Re-running setup with unchanged pins is a no-op: the sentinel is newer than the pin files.
 $(SETUP_SENTINEL): requirements/base.txt requirements/no-deps.txt
@@ -54,3 +54,15 @@ test-quick: setup
 # Removes the git-ignored run folders (checkpoints and records); results/ and plots/ are kept.
 clean-runs:
 	rm -rf runs
+
+# The whole VNN-COMP 2022 mnist_fc benchmark (90 instances; clone it first, see tests/data/vnncomp/SOURCE.md)
+# through `harness verify`, one core, each instance capped at VERIFY_CAP seconds (the issue's target: 60):
+# results/vnncomp/results.csv (per instance), comparison.csv and summary.csv (decided / agree /
+# disagree, ours beside every official tool's). Up to 90 x VERIFY_CAP seconds.
+VNNCOMP_MNIST_FC ?= vnncomp2022_benchmarks/benchmarks/mnist_fc
+VERIFY_CAP ?= 60
+
+verify-bench: setup
+	@test -f $(VNNCOMP_MNIST_FC)/instances.csv || { echo "error: no $(VNNCOMP_MNIST_FC)/instances.csv; git clone https://github.com/ChristopherBrix/vnncomp2022_benchmarks (or set VNNCOMP_MNIST_FC=...)"; exit 1; }
+	OMP_NUM_THREADS=1 $(PY) -m harness verify --instances $(VNNCOMP_MNIST_FC)/instances.csv --timeout-cap $(VERIFY_CAP) \
+		--official tests/data/vnncomp/mnist_fc/official.csv --out results/vnncomp

@@ -89,6 +89,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.config.settings import RUNS
+    from harness.exchange.export import export_run
+    from harness.rundir import RunDir
+
+    path = Path(args.run)
+    run = RunDir(path if path.is_dir() else (Path(args.runs) if args.runs else RUNS) / args.run)
+    if not run.config.exists():
+        return _err(f"no run {args.run!r} (looked for {run.config})")
+    print(export_run(run, Path(args.out), n=args.n, timeout_s=args.timeout))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from harness.exchange.instances import Instance, read_instances
+    from harness.verification.api import VerifySettings
+    from harness.verification.benchmark import compare_official, load_instances, run_instances
+
+    if args.instances:
+        if args.onnx or args.vnnlib:
+            return _err("give either NET.onnx PROP.vnnlib or --instances instances.csv, not both")
+        instances = read_instances(args.instances)
+    elif args.onnx and args.vnnlib:
+        instances = [Instance(Path(args.onnx), Path(args.vnnlib), args.timeout)]
+    else:
+        return _err("give NET.onnx PROP.vnnlib, or --instances instances.csv (a VNN-COMP benchmark folder)")
+    import torch
+
+    # VNN-COMP's setting and the target: one core per instance (also the deterministic one)
+    torch.set_num_threads(args.threads)
+    loaded = load_instances(instances)  # every file checked before anything is written
+    if args.limit:
+        loaded = loaded[:args.limit]
+    settings = VerifySettings(time_limit_s=args.timeout, autoattack=not args.no_autoattack)
+    out = Path(args.out)
+    rows = run_instances(loaded, out, settings=settings, timeout_cap=args.timeout_cap)
+    if args.official:
+        counts = compare_official(rows, Path(args.official), out)
+        print(json.dumps(counts))
+    return 0
+
+
 def _slurm_overrides(args: argparse.Namespace) -> dict:
     keys = ("partition", "account", "qos", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")
     return {k: getattr(args, f"slurm_{k}") for k in keys if getattr(args, f"slurm_{k}", None) is not None}
@@ -235,6 +277,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tiny", action="store_true", help="a small model and a slice of the data (any device)")
     g.add_argument("--epochs", type=int, default=2, help="epochs of the paper slice (default 2)")
     g.set_defaults(fn=cmd_gpucheck)
+
+    ex = sub.add_parser("export", help="a run as ONNX + VNN-LIB + instances.csv (exports/<run-id>/)")
+    ex.add_argument("run", help="run id (under runs/) or run directory")
+    ex.add_argument("--n", type=int, default=10, help="test samples to write properties for (the first N)")
+    ex.add_argument("--timeout", type=float, default=60.0, help="timeout per instance in instances.csv (s)")
+    ex.add_argument("--out", default="exports", help="exports folder (default: exports/)")
+    common(ex, device=False)
+    ex.set_defaults(fn=cmd_export)
+
+    vf = sub.add_parser("verify", help="verify ONNX networks against VNN-LIB properties (one, or a benchmark)")
+    vf.add_argument("onnx", nargs="?", help="NET.onnx")
+    vf.add_argument("vnnlib", nargs="?", help="PROP.vnnlib")
+    vf.add_argument("--instances", help="a VNN-COMP instances.csv (onnx,vnnlib,timeout; paths relative to it)")
+    vf.add_argument("--timeout", type=float, default=60.0, help="seconds per instance given on the command line")
+    vf.add_argument("--timeout-cap", type=float, help="cap every instance's timeout at this many seconds")
+    vf.add_argument("--limit", type=int, help="only the first N instances")
+    vf.add_argument("--no-autoattack", action="store_true", help="skip the AutoAttack stage")
+    vf.add_argument("--threads", type=int, default=1, help="torch threads (default 1; HiGHS always runs on one)")
+    vf.add_argument("--official", help="official.csv to compare with (writes comparison.csv and summary.csv)")
+    vf.add_argument("--out", default="verify-out", help="folder for results.csv and counterexamples")
+    vf.set_defaults(fn=cmd_verify)
 
     st = sub.add_parser("status", help="each run of a profile: pending, running (where), trained, certified, failed")
     st.add_argument("--profile", default="cpu", help="a profile name or path")

@@ -38,7 +38,8 @@ whose reduced costs have the wrong sign by up to the dual feasibility tolerance.
 such a solution can exceed a true lower bound (the Lagrangian bound of its duals) by at most
 ``tol_dual * sum_j (u_j - l_j)`` over the columns, plus ``tol_primal * sum_i |y_i|`` over the rows;
 a row's multiplier y_i is the sensitivity of the objective to that row, which a backward pass of
-absolute weights bounds (ReLUs are 1-Lipschitz; |A_k|^T applied from |c|). ``solver_band`` is that
+absolute weights bounds (ReLUs are 1-Lipschitz; |A_k|^T applied from |c|; a ReLU the program fixes
+inactive has a constant output and passes nothing back). ``solver_band`` is that
 sum with both tolerances set to :data:`SOLVER_FEASIBILITY_TOL` (1e-9, tighter than HiGHS's default
 1e-7 so that the band stays below the float32 one on the project's models). Residual assumption:
 HiGHS's unscaled violations stay within its tolerances (it re-checks them after scaling) and the
@@ -78,7 +79,7 @@ from harness.bounds import fp_tolerance, margin_lower_bounds, model_dtype, round
 from harness.bounds.milp import MILPNetwork, MILPProgram, build_program
 from harness.threat_model import inner_box32, outward_box64
 
-__all__ = ["SOLVER_FEASIBILITY_TOL", "ClassResult", "CompleteResult", "verify_sample"]
+__all__ = ["SOLVER_FEASIBILITY_TOL", "ClassResult", "CompleteResult", "verify_box", "verify_sample"]
 
 #: HiGHS's primal, dual and integrality tolerances for these programs (its defaults: 1e-7, 1e-7, 1e-6).
 SOLVER_FEASIBILITY_TOL = 1e-9
@@ -177,6 +178,64 @@ def verify_sample(net: MILPNetwork, model: nn.Module, x: torch.Tensor, y: int | 
     scale = float(rounding_scale(model, xb, yb, eps, None if margin_lower is None else margin_lower.unsqueeze(0))[0])
     scale = max([scale] + [float(np.abs(b[np.isfinite(b)]).max(initial=0.0)) for pair in bounds for b in pair])
     band = float(fp_tolerance(torch.tensor(scale, dtype=torch.float64), torch.float32))
+    with torch.no_grad():
+        known = margin_lower_bounds(model, xb, yb, eps, "ibp")[0].double().cpu()
+    if margin_lower is not None:
+        known = torch.maximum(known, margin_lower)
+    lo64, hi64 = outward_box64(x, eps)
+    return _decide(net, model, y, bounds, band, known, lo64, hi64, inner_box32(x, eps), node_limit, time_limit_s,
+                   threads, early_stop, start)
+
+
+def verify_box(net: MILPNetwork, model: nn.Module, lo: np.ndarray, hi: np.ndarray, y: int,
+               relu_bounds: list[tuple[torch.Tensor, torch.Tensor]], *, band: float, margin_lower: torch.Tensor,
+               box32: tuple[torch.Tensor, torch.Tensor] | None, node_limit: int = 10_000,
+               time_limit_s: float = 300.0, threads: int = 1, early_stop: bool = True,
+               attack_margins: dict[int, float] | None = None) -> CompleteResult:
+    """:func:`verify_sample` on a general input box, the floating-point band given by the caller.
+
+    ``lo``, ``hi``: flat float64 arrays of the program's input box, which must contain the real box
+    (rounded outward). ``box32``: the float32 box (inside the real one) in which a solver's solution
+    is clipped and checked by forward passes to count as a counterexample (None: no float32 point).
+    ``band``: the rounding band by which ``relu_bounds`` are widened and above which a margin is
+    verified; the caller argues it (verify_sample uses the float32 rule of :mod:`harness.bounds`;
+    :mod:`harness.verification` passes float64 bounds and the float64 rule). ``margin_lower``:
+    (K-1,) known lower bounds of z_y - z_j (j ascending, skipping y; -inf for none).
+    ``attack_margins``: per wrong class j, the margin z_y - z_j at some point of the box (an
+    attack's best): a class whose threshold is at least that cannot be verified, so the sample is
+    ``unknown`` at once ("cannot clear the float band", with the numbers) instead of solving.
+    """
+    start = time.perf_counter()
+    y = int(y)
+    training = sorted({type(m).__name__ for m in model.modules() if m.training})
+    if training:
+        raise ValueError(f"complete verification needs the model in eval mode (in training mode: {', '.join(training)})")
+    net.check_model(model)
+    if isinstance(node_limit, bool) or not isinstance(node_limit, int) or node_limit < 0 or not time_limit_s > 0:
+        raise ValueError(f"node_limit must be an int >= 0 and time_limit_s > 0, got {node_limit!r}, {time_limit_s!r}")
+    if not 0 <= y < net.num_classes:
+        raise ValueError(f"label y must lie in [0, {net.num_classes - 1}], got {y}")
+    n = math.prod(net.in_shape)
+    lo, hi = np.asarray(lo, dtype=np.float64).reshape(-1), np.asarray(hi, dtype=np.float64).reshape(-1)
+    if lo.size != n or hi.size != n or not np.all(lo <= hi):
+        raise ValueError(f"lo and hi must be {n} values each with lo <= hi")
+    known = torch.as_tensor(margin_lower).detach().reshape(-1).double().cpu()
+    if known.numel() != net.num_classes - 1:
+        raise ValueError(f"margin_lower must hold {net.num_classes - 1} bounds, got {known.numel()}")
+    if not band >= 0:
+        raise ValueError(f"band must be >= 0, got {band!r}")
+    if box32 is not None:
+        box32 = (box32[0].float().reshape(-1), box32[1].float().reshape(-1))
+    return _decide(net, model, y, _relu_bounds(net, relu_bounds), float(band), known, lo, hi, box32, node_limit,
+                   time_limit_s, threads, early_stop, start, attack_margins)
+
+
+def _decide(net: MILPNetwork, model: nn.Module, y: int, bounds: list[tuple[np.ndarray, np.ndarray]], band: float,
+            known: torch.Tensor, lo64: np.ndarray, hi64: np.ndarray, box32, node_limit: int, time_limit_s: float,
+            threads: int, early_stop: bool, start: float,
+            attack_margins: dict[int, float] | None = None) -> CompleteResult:
+    """The MILP part shared by :func:`verify_sample` and :func:`verify_box`: widen, encode, solve per class."""
+    num_classes = net.num_classes
     widened = []
     for k, (lo, hi) in enumerate(bounds):
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
@@ -187,15 +246,8 @@ def verify_sample(net: MILPNetwork, model: nn.Module, x: torch.Tensor, y: int | 
                              f"the rounding band {band:.3g}: a source of bounds is unsound or belongs to another sample")
         widened.append((lo, hi))
 
-    with torch.no_grad():
-        known = margin_lower_bounds(model, xb, yb, eps, "ibp")[0].double().cpu()
-    if margin_lower is not None:
-        known = torch.maximum(known, margin_lower)
     targets = [j for j in range(num_classes) if j != y]
     known_by_class = dict(zip(targets, known.tolist()))
-
-    lo64, hi64 = outward_box64(x, eps)
-    box32 = inner_box32(x, eps)
     program = build_program(net, lo64, hi64, widened)
     abs_maps = [abs(m.matrix) for m in net.hidden]  # for the backward pass of absolute weights
 
@@ -216,7 +268,24 @@ def verify_sample(net: MILPNetwork, model: nn.Module, x: torch.Tensor, y: int | 
             results[j] = ClassResult(j, "not_run", reason="the sample already has a counterexample")
             continue
         threshold = max(band, _solver_band(program, abs_maps, net, y, j))
+        seen = None if attack_margins is None else attack_margins.get(j)
+        if seen is not None and seen <= threshold:
+            # The minimum over the box is at most `seen` (up to the forward pass's rounding), so no
+            # proven bound can exceed the threshold: say so now instead of spending the time limit.
+            results[j] = ClassResult(j, _UNKNOWN, threshold=threshold, reason=(
+                f"cannot clear the float band: a point of the box has margin {seen:.3g} <= threshold "
+                f"{threshold:.3g} (rounding band {band:.3g})"))
+            if early_stop:
+                for rest in order[order.index(j) + 1:]:
+                    results[rest] = ClassResult(rest, "not_run", reason="the sample cannot be verified (float band)")
+                break
+            continue
         time_left = time_limit_s - (time.perf_counter() - start)
+        if time_left <= 0:  # say so: this class was never tried, it did not run out of time itself
+            wall_limited = True
+            results[j] = ClassResult(j, _UNKNOWN, threshold=threshold, status="Time limit reached",
+                                     reason="not tried: the time limit was spent on earlier classes")
+            continue
         res, cex = _solve_class(program, net, y, j, threshold, check, node_limit - nodes_used, time_left,
                                 threads, early_stop)
         nodes_used += res.nodes
@@ -232,12 +301,23 @@ def verify_sample(net: MILPNetwork, model: nn.Module, x: torch.Tensor, y: int | 
         verdict, reason = _VERIFIED, ""
     else:
         verdict = _UNKNOWN
-        reason = "; ".join(f"class {c.target}: {c.reason}" for c in classes if c.verdict == _UNKNOWN)
+        reason = _per_class_reason([c for c in classes if c.verdict in (_UNKNOWN, "not_run")])
     best = [max(c.lower_bound, known_by_class[c.target]) for c in classes]
     return CompleteResult(
         verdict=verdict, min_lower_bound=min(best) if best else math.inf,
         counterexample=counterexample, classes=classes, time_s=time.perf_counter() - start, nodes=nodes_used,
         reason=reason, band=band, wall_clock_limited=wall_limited, counts=program.counts)
+
+
+def _per_class_reason(classes: list[ClassResult]) -> str:
+    """The reason of an unknown sample, per class: classes with the same reason named together, the
+    classes that were tried (their own reason) before those never tried."""
+    groups: dict[str, list[int]] = {}
+    for c in classes:
+        groups.setdefault(c.reason, []).append(c.target)
+    parts = sorted(groups.items(), key=lambda kv: (kv[0].startswith("not tried") or kv[0].startswith("the sample"),
+                                                   min(kv[1])))
+    return "; ".join(f"class{'es' if len(t) > 1 else ''} {', '.join(map(str, t))}: {r}" for r, t in parts)
 
 
 # ----------------------------------------------------------------------------------------- checks
@@ -323,9 +403,11 @@ def _solver_band(program: MILPProgram, abs_maps: list[sp.csr_matrix], net: MILPN
     coef = np.abs(np.asarray((net.final.matrix.getrow(y) - net.final.matrix.getrow(j)).todense()).ravel())
     per_layer = []
     s = coef
-    for a in reversed(abs_maps):  # s: sensitivity to the outputs of a layer -> to its inputs
+    for k in reversed(range(len(abs_maps))):  # s: sensitivity to the outputs of ReLU layer k -> to its inputs
         per_layer.append(s)
-        s = a.T @ s
+        # A ReLU fixed inactive (no column, no row: its output is the constant 0) passes no perturbation
+        # back; without this mask the bound grows with every layer's full |W| (~27 on a 6x256 MNIST net).
+        s = abs_maps[k].T @ (s * (program.out_cols[k] >= 0))
     per_layer.reverse()
     row_sens = 0.0
     if program.row_layer.size:

@@ -135,7 +135,8 @@ def _check_options(method: str, batch_size: int | None, alpha_iterations: int, a
 
 def _bound_passes(model: nn.Module, x: Tensor, y: Tensor, eps: float, method: str, batch_size: int | None,
                   alpha_iterations: int, alpha_lr: float,
-                  after_pass: Callable[[BoundedModule, slice], None] | None = None) -> Tensor:
+                  after_pass: Callable[[BoundedModule, slice], None] | None = None,
+                  box: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Run ``method`` on each chunk of the batch; (B, K-1) margin lower bounds, detached.
 
     ``after_pass(bounded, chunk)`` runs after each chunk's pass, while the BoundedModule still holds
@@ -143,7 +144,7 @@ def _bound_passes(model: nn.Module, x: Tensor, y: Tensor, eps: float, method: st
     """
     spec.check_batch(x, y)
     x = x.detach()  # alpha-CROWN's internal backward passes must not reach the caller's graph
-    lo, hi = threat_model.input_box(x, eps)
+    lo, hi = threat_model.input_box(x, eps) if box is None else _input_box(x, box)
     _check_model(model, x)
     y = y.to(x.device)
 
@@ -195,9 +196,23 @@ def _bound_passes(model: nn.Module, x: Tensor, y: Tensor, eps: float, method: st
         raise
 
 
+def _input_box(x: Tensor, box: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """A caller's input box (``box=`` of the bound functions) checked: x's shape and dtype, x inside it.
+
+    auto_LiRPA evaluates the network at x (its forward values pick nothing but the ReLU matching of
+    :func:`lirpa_relu_bounds`), so any point of the box serves; the bounds hold over the whole box.
+    """
+    lo, hi = (t.detach().to(device=x.device, dtype=x.dtype) for t in box)
+    if lo.shape != x.shape or hi.shape != x.shape:
+        raise ValueError(f"box ends must have the shape of x {tuple(x.shape)}, got {tuple(lo.shape)} and {tuple(hi.shape)}")
+    if not bool(((lo <= x) & (x <= hi)).all()):
+        raise ValueError("x must lie inside the box [lo, hi]")
+    return lo, hi
+
+
 def lirpa_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, method: str, *,
                         batch_size: int | None = None, alpha_iterations: int = 20,
-                        alpha_lr: float = 0.1) -> Tensor:
+                        alpha_lr: float = 0.1, box: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Sound lower bounds of z_y - z_j for every wrong class j over the box B(x, eps) ∩ [0, 1].
 
     Args:
@@ -211,6 +226,8 @@ def lirpa_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, meth
         batch_size: number of samples bounded at a time, to bound memory; None = all at once.
         alpha_iterations: alpha-CROWN optimisation iterations (auto_LiRPA's ``iteration``).
         alpha_lr: alpha-CROWN learning rate (auto_LiRPA's ``lr_alpha``).
+        box: (lo, hi) shaped like x: bound over this box instead of B(x, eps) ∩ [0, 1] (eps is then
+            ignored); x must lie inside it (a general input box, e.g. a VNN-LIB property's).
 
     Returns:
         A detached tensor (B, K-1) on ``x``'s device and dtype; column i is the bound for the i-th wrong
@@ -222,7 +239,7 @@ def lirpa_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, meth
         Whatever auto_LiRPA raises; the model's cached BoundedModule is then discarded.
     """
     _check_options(method, batch_size, alpha_iterations, alpha_lr)
-    return _bound_passes(model, x, y, eps, method, batch_size, alpha_iterations, alpha_lr)
+    return _bound_passes(model, x, y, eps, method, batch_size, alpha_iterations, alpha_lr, box=box)
 
 
 def _relu_inputs(model: nn.Module, x: Tensor) -> list[Tensor]:
@@ -285,7 +302,8 @@ def _match_relu_nodes(bounded: BoundedModule, expected: list[Tensor]) -> list[An
 
 def lirpa_relu_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, method: str = "crown", *,
                       batch_size: int | None = None, alpha_iterations: int = 20,
-                      alpha_lr: float = 0.1) -> list[tuple[Tensor, Tensor]]:
+                      alpha_lr: float = 0.1, box: tuple[Tensor, Tensor] | None = None,
+                      return_margins: bool = False):
     """Bounds of every ReLU's input over B(x, eps) ∩ [0, 1], as auto_LiRPA computed them in a pass.
 
     For a complete verifier that fixes stable ReLUs. The pass is the one :func:`lirpa_margin_bounds`
@@ -311,10 +329,17 @@ def lirpa_relu_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, method
     Raises:
         ValueError: as :func:`lirpa_margin_bounds`.
         RuntimeError: the model's ReLU calls cannot be matched one-to-one with auto_LiRPA's ReLU nodes.
+
+    ``box``: as :func:`lirpa_margin_bounds`. ``return_margins``: return ``(margin lower bounds, relu
+    bounds)`` of the same pass (what :func:`lirpa_margin_bounds` would return), for a caller that
+    needs both: one alpha-CROWN optimisation instead of two.
     """
     _check_options(method, batch_size, alpha_iterations, alpha_lr)
     spec.check_batch(x, y)
-    threat_model.input_box(x, eps)  # validates eps and the input range before the model runs
+    if box is None:
+        threat_model.input_box(x, eps)  # validates eps and the input range before the model runs
+    else:
+        _input_box(x, box)
     _check_model(model, x)
     x = x.detach()
     expected = _relu_inputs(model, x)
@@ -325,7 +350,14 @@ def lirpa_relu_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, method
         chunks.append([(n.inputs[0].lower.detach().clone(), n.inputs[0].upper.detach().clone())
                        for n in nodes])
 
-    _bound_passes(model, x, y, eps, method, batch_size, alpha_iterations, alpha_lr, after_pass=collect)
+    margins = _bound_passes(model, x, y, eps, method, batch_size, alpha_iterations, alpha_lr, after_pass=collect,
+                            box=box)
+    if return_margins:
+        return margins, _joined(chunks, expected, x)
+    return _joined(chunks, expected, x)
+
+
+def _joined(chunks: list[list[tuple[Tensor, Tensor]]], expected: list[Tensor], x: Tensor) -> list[tuple[Tensor, Tensor]]:
     if not chunks:  # empty batch: empty bounds of the right shapes
         return [(e.clone(), e.clone()) for e in expected]
     return [(torch.cat([c[i][0] for c in chunks]).to(device=x.device, dtype=x.dtype),
