@@ -125,7 +125,7 @@ CASES = [
     ("no-settings", "check", PROFILE[:PROFILE.index("[[settings]]")], "settings: required, missing"),
     ("no-methods", "check", PROFILE.replace('methods = ["pgd", "ibp", "ad_cert"]', "methods = []"),
      "settings[0].methods = []: list should have at least 1 item"),
-    ("unknown-method", "reproduce", PROFILE.replace('"ibp"', '"sabr"'), "settings[0].methods[1] = 'sabr'"),
+    ("unknown-method", "reproduce", PROFILE.replace('"ibp"', '"no_such_method"'), "settings[0].methods[1] = 'no_such_method'"),
     ("unknown-table", "check", profile_case("\n[certfy]\nn_test = 5\n"), "certfy: unknown key; did you mean 'certify'?"),
     ("certify-zero", "check", profile_case("\n[certify]\nn_test = 0\n"), "certify.n_test = 0: input should be greater"),
     ("certify-float", "check", profile_case("\n[certify]\npgd_steps = 1.5\n"), "certify.pgd_steps = 1.5: input should"),
