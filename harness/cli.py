@@ -62,8 +62,12 @@ def cmd_tables(args: argparse.Namespace) -> int:
     from harness.config.profile import load_profile
     from harness.report.tables import build_tables
 
+    from harness.report.fidelity import build_comparison
+
     profiles = [load_profile(p) for p in args.profile] if args.profile else None
     build_tables(profiles, runs_root=_opt(args.runs), results_dir=_opt(args.results))
+    for profile in profiles if profiles is not None else [load_profile("fidelity")]:
+        build_comparison(profile, runs_root=_opt(args.runs), results_dir=_opt(args.results))
     return 0
 
 

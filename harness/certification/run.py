@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from harness.bounds import certify as certify_batch
-from harness.certification.cascade import CERTIFIERS, Cascade, InvariantError, budgeted, col, covered_key, margin_col  # noqa: F401
+from harness.certification.cascade import CERTIFIERS, SIDE_CERTIFIERS, Cascade, InvariantError, budgeted, col, covered_key, margin_col  # noqa: F401
 from harness.config.settings import CertifySettings
 from harness.rundir import RunDir, atomic_write_text, write_json
 from harness.runtime.device import device_name, exact_arithmetic, peak_memory_gib, reset_peak_memory, resolve_device
@@ -59,7 +59,7 @@ def check_invariants(df: pd.DataFrame, where: str = "") -> None:
     """Fatal checks on per-sample records (see module docstring)."""
     correct = df["clean_pred"] == df["label"]
     broken = _broken(df)
-    for c in CERTIFIERS:
+    for c in CERTIFIERS + SIDE_CERTIFIERS:
         name = col(c)
         if name not in df or df[name].isna().all():
             continue

@@ -90,9 +90,16 @@ class ADCERTParams(ExpressiveParams):
     init_from_teacher: bool = False
 
 
+@dataclass
+class PublishedParams(MethodParams):
+    """Not a training method: the run loads a published checkpoint (RunConfig.checkpoint) instead."""
+    name: ClassVar[str] = "published"
+
+
 #: Every method's parameter class by name, in the order tables list the methods.
 METHOD_PARAMS: dict[str, type[MethodParams]] = {
-    c.name: c for c in (StandardParams, PGDParams, IBPParams, MTLIBPParams, CCIBPParams, ExpIBPParams, ADCERTParams)}
+    c.name: c for c in (StandardParams, PGDParams, IBPParams, MTLIBPParams, CCIBPParams, ExpIBPParams, ADCERTParams,
+                        PublishedParams)}
 
 
 def method_params(name: str) -> type[MethodParams]:

@@ -24,6 +24,7 @@ from harness.config.constraints import ConfigError
 from harness.config.settings import RUNS, RunConfig
 from harness.data import get_info, load_split, make_loader
 from harness.models import frozen_batch_stats, ibp_init
+from harness.published import import_checkpoint
 from harness.rundir import (
     RunDir,
     atomic_write_text,
@@ -177,6 +178,8 @@ def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None
 
     cfg.validate()
     runs_root = runs_root or RUNS
+    if cfg.checkpoint is not None:  # a published model: loaded into a finished run folder, not trained
+        return import_checkpoint(cfg, runs_root, log=log)
     dev = resolve_device(device)
     run = RunDir.of(cfg, runs_root)
     teacher_run = check_teacher(cfg, runs_root)  # before anything is written
