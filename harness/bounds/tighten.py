@@ -137,8 +137,9 @@ def verify_with_lp_bounds(net: MILPNetwork, model, x, y: int, eps: float, relu_b
     """:func:`harness.bounds.complete.verify_sample` on bounds tightened by :func:`lp_tightened_bounds` first.
 
     ``relu_bounds`` (float32 or float64 tensors per ReLU, as verify_sample takes them) are widened by the
-    sample's rounding band exactly as verify_sample widens them, tightened by LP, and passed on (verify_sample
-    widens them by the band once more, which only loosens them). ``time_limit_s`` covers both. Returns
+    sample's rounding band exactly as verify_sample widens them and tightened by LP; verify_sample then gets
+    the caller's bounds where LP did not improve them (it widens them itself) and the LP's bounds where it
+    did (widened once more by verify_sample, which only loosens them). ``time_limit_s`` covers both. Returns
     verify_sample's result with ``reason`` prefixed by the tightening's statistics.
     """
     start = time.perf_counter()
@@ -153,8 +154,12 @@ def verify_with_lp_bounds(net: MILPNetwork, model, x, y: int, eps: float, relu_b
     widened = [(l - band, u + band) for l, u in flat]
     lo, hi = outward_box64(x[0], eps)
     tightened, stats = lp_tightened_bounds(net, lo, hi, widened, threads=threads, time_limit_s=time_limit_s)
-    shaped = [(torch.from_numpy(l).view(s), torch.from_numpy(u).view(s))
-              for (l, u), s in zip(tightened, net.relu_shapes)]
+    # verify_sample widens what it is given by the band: give it the caller's bounds where LP did not
+    # tighten them (widened twice, a neuron near 0 would turn unstable) and the LP's rigorous bounds elsewhere
+    shaped = []
+    for (l0, u0), (lw, uw), (lt, ut), s in zip(flat, widened, tightened, net.relu_shapes):
+        lo_, hi_ = np.where(lt > lw, lt, l0), np.where(ut < uw, ut, u0)
+        shaped.append((torch.from_numpy(lo_).view(s), torch.from_numpy(hi_).view(s)))
     left = max(time_limit_s - (time.perf_counter() - start), 0.0)
     r = verify_sample(net, model, x[0], int(y), eps, shaped, margin_lower=margin_lower, node_limit=node_limit,
                       time_limit_s=max(left, 1e-3), threads=threads)
