@@ -67,7 +67,8 @@ def cmd_tables(args: argparse.Namespace) -> int:
     profiles = [load_profile(p) for p in args.profile] if args.profile else None
     build_tables(profiles, runs_root=_opt(args.runs), results_dir=_opt(args.results))
     for profile in profiles if profiles is not None else [load_profile("fidelity")]:
-        build_comparison(profile, runs_root=_opt(args.runs), results_dir=_opt(args.results))
+        build_comparison(profile, runs_root=_opt(args.runs), results_dir=_opt(args.results),
+                         write_empty=profiles is not None)
     return 0
 
 

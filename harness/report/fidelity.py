@@ -120,11 +120,14 @@ def comparison_rows(profile: Profile, runs_root: Path | None = None) -> list[dic
 
 
 def build_comparison(profile: Profile, runs_root: Path | None = None, results_dir: Path | None = None,
-                     log=print) -> pd.DataFrame | None:
-    """Write ``<results_dir>/<profile>/comparison.csv`` (+ .md) if the profile certifies published checkpoints."""
+                     log=print, write_empty: bool = True) -> pd.DataFrame | None:
+    """Write ``<results_dir>/<profile>/comparison.csv`` (+ .md) if the profile certifies published checkpoints
+    (and, unless ``write_empty``, only if some of its runs have records)."""
     if not any(s.run.get("checkpoint") for s in profile.settings):
         return None
     df = pd.DataFrame(comparison_rows(profile, runs_root), columns=COLUMNS)
+    if df.empty and not write_empty:
+        return None
     folder = (results_dir or RESULTS) / profile.name
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "comparison.csv", df.to_csv(index=False))
