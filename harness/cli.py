@@ -61,10 +61,14 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
 def cmd_tables(args: argparse.Namespace) -> int:
     from harness.config.profile import load_profile
+    from harness.report.fidelity import build_comparison
     from harness.report.tables import build_tables
 
     profiles = [load_profile(p) for p in args.profile] if args.profile else None
     build_tables(profiles, runs_root=_opt(args.runs), results_dir=_opt(args.results))
+    for profile in profiles if profiles is not None else [load_profile("fidelity")]:
+        build_comparison(profile, runs_root=_opt(args.runs), results_dir=_opt(args.results),
+                         write_empty=profiles is not None)
     return 0
 
 
@@ -249,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("reproduce", help="data, training, certification, tables and figures of a profile")
-    r.add_argument("--profile", default="cpu", help="smoke, cpu, tradeoff, paper (benchmarks/<name>.toml) or a path")
+    r.add_argument("--profile", default="cpu", help="smoke, cpu, tradeoff, paper, fidelity (benchmarks/<name>.toml) or a path")
     r.add_argument("--executor", default="inline", choices=(*EXECUTORS, "auto"),
                    help="inline (this process), local (worker processes), slurm (one job per run, submitit) or "
                         "auto (inline on a GPU, else local; make reproduce's default)")

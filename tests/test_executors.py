@@ -20,7 +20,6 @@ from harness.config.profile import load_profile
 from harness.orchestration.pipeline import reproduce
 from harness.rundir import RunClaimed, RunDir, claim, is_locked, job_record
 
-
 REPO = Path(__file__).resolve().parent.parent
 
 

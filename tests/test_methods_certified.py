@@ -5,12 +5,12 @@ import copy
 
 import pytest
 import torch
+from tiny_nets import X_TINY, Y_TINY, softplus, tiny_net  # tests/tiny_nets.py
 
 from harness.bounds.spec import spec_matrix
 from harness.models import build_model, frozen_batch_stats
 from harness.threat_model import input_box
 from harness.training.methods import Batch, make_method, small_box
-from tiny_nets import X_TINY, Y_TINY, softplus, tiny_net  # tests/tiny_nets.py
 
 SHAPE = ((1, 28, 28), 10, [0.13], [0.31])
 EPS = 0.05

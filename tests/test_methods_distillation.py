@@ -5,13 +5,13 @@ import copy
 
 import pytest
 import torch
+from tiny_nets import X_TINY, Y_TINY, softplus, tiny_net  # tests/tiny_nets.py
 from torch import nn
 
 from harness.bounds.ibp import ibp_bounds
 from harness.models import build_model, frozen_batch_stats, split_head
 from harness.threat_model import input_box
 from harness.training.methods import Batch, make_method, worst_case_feature_distance
-from tiny_nets import X_TINY, Y_TINY, softplus, tiny_net  # tests/tiny_nets.py
 
 SHAPE = ((1, 28, 28), 10, [0.13], [0.31])
 EPS = 0.05

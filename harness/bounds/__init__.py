@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 #: Every certifier behind this interface; all but "ibp" are auto_LiRPA's (harness.bounds.lirpa).
-METHODS: tuple[str, ...] = ("ibp", "lirpa-ibp", "crown-ibp", "crown", "alpha-crown")
+METHODS: tuple[str, ...] = ("ibp", "lirpa-ibp", "crown-ibp", "crown", "alpha-crown", "lp-dual")
 
 #: float32 verdicts: a margin bound within FP32_ABS_TOL + FP32_REL_TOL * scale of 0 is recomputed in float64.
 FP32_ABS_TOL = 1e-5

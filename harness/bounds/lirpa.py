@@ -44,10 +44,20 @@ from harness.models import Normalize, plain_copy
 
 __all__ = ["LIRPA_METHODS", "lirpa_margin_bounds", "lirpa_relu_bounds", "lirpa_training_margin_bounds"]
 
-LIRPA_METHODS: tuple[str, ...] = ("lirpa-ibp", "crown-ibp", "crown", "alpha-crown")
+LIRPA_METHODS: tuple[str, ...] = ("lirpa-ibp", "crown-ibp", "crown", "alpha-crown", "lp-dual")
 
 # auto_LiRPA's names ("CROWN" is its "backward"; "alpha-CROWN" its "CROWN-Optimized").
-_LIRPA_NAME = {"lirpa-ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN", "alpha-crown": "alpha-CROWN"}
+_LIRPA_NAME = {"lirpa-ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN", "alpha-crown": "alpha-CROWN",
+               "lp-dual": "CROWN"}
+
+#: Wong & Kolter's (2018) LP dual, which equals Fast-Lin (Weng et al. 2018): CROWN's backward pass with
+#: the same slope u / (u - l) for an unstable ReLU's lower and upper linear relaxation (auto_LiRPA's
+#: ``relu = "same-slope"``), every intermediate neuron bounded by that pass (no IBP pre-selection of
+#: unstable neurons, whose IBP bounds 0.3 would otherwise keep), and the input box B(x, eps) *not*
+#: clipped to [0, 1]. It bounds a superset of the threat model, so its bounds are sound for it, only
+#: looser; it exists to reproduce published LP-dual numbers ("lp-dual" of :data:`LIRPA_METHODS`).
+_LP_DUAL_OPTS = {"relu": "same-slope", "sparse_intermediate_bounds": False,
+                 "sparse_conv_intermediate_bounds": False}
 
 
 @dataclass
@@ -62,6 +72,8 @@ class _Entry:
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, _Entry]" = weakref.WeakKeyDictionary()
+# The LP dual's BoundedModules (built with other ReLU options), cached the same way.
+_LP_CACHE: "weakref.WeakKeyDictionary[nn.Module, _Entry]" = weakref.WeakKeyDictionary()
 
 
 def _split_normalize(model: nn.Module) -> tuple[Normalize | None, nn.Module]:
@@ -78,7 +90,7 @@ def _cache_key(model: nn.Module, x: Tensor) -> tuple:
     return (tuple(x.shape[1:]), x.dtype, x.device, structure, tensors)
 
 
-def _build(model: nn.Module, x: Tensor, key: tuple) -> _Entry:
+def _build(model: nn.Module, x: Tensor, key: tuple, extra_opts: dict[str, Any] | None = None) -> _Entry:
     _, body = _split_normalize(model)
     private = copy.deepcopy(body).eval()  # a slice is a new Sequential in training mode: eval() it
     private.requires_grad_(False)  # alpha-CROWN only needs gradients of its slopes
@@ -87,7 +99,7 @@ def _build(model: nn.Module, x: Tensor, key: tuple) -> _Entry:
         out = private(dummy)
     if out.dim() != 2:
         raise ValueError(f"the model must output logits of shape (batch, classes), got {tuple(out.shape)}")
-    bounded = BoundedModule(private, dummy, bound_opts=safe_bound_opts(), device=x.device)
+    bounded = BoundedModule(private, dummy, bound_opts={**safe_bound_opts(), **(extra_opts or {})}, device=x.device)
     bounded.requires_grad_(False)
     bounded.eval()
     state = body.state_dict()
@@ -95,13 +107,14 @@ def _build(model: nn.Module, x: Tensor, key: tuple) -> _Entry:
     return _Entry(key=key, bounded=bounded, num_classes=int(out.shape[1]), syncable=not unmapped)
 
 
-def _bounded_module(model: nn.Module, x: Tensor) -> _Entry:
+def _bounded_module(model: nn.Module, x: Tensor, lp_dual: bool = False) -> _Entry:
     """The cached BoundedModule for ``model``, rebuilt when needed, with current weights loaded."""
     key = _cache_key(model, x)
-    entry = _CACHE.get(model)
+    cache = _LP_CACHE if lp_dual else _CACHE
+    entry = cache.get(model)
     if entry is None or entry.key != key or not entry.syncable:
-        entry = _build(model, x, key)
-        _CACHE[model] = entry
+        entry = _build(model, x, key, _LP_DUAL_OPTS if lp_dual else None)
+        cache[model] = entry
     else:
         # Weights or BatchNorm statistics may have changed since the build (training).
         entry.bounded.load_state_dict(_split_normalize(model)[1].state_dict())
@@ -145,11 +158,13 @@ def _bound_passes(model: nn.Module, x: Tensor, y: Tensor, eps: float, method: st
     spec.check_batch(x, y)
     x = x.detach()  # alpha-CROWN's internal backward passes must not reach the caller's graph
     lo, hi = threat_model.input_box(x, eps) if box is None else _input_box(x, box)
+    if method == "lp-dual":  # the published LP dual bounds the unclipped ball (see _LP_DUAL_OPTS)
+        lo, hi = unclipped_box(x, eps)
     _check_model(model, x)
     y = y.to(x.device)
 
     try:
-        entry = _bounded_module(model, x)
+        entry = _bounded_module(model, x, lp_dual=method == "lp-dual")
         C = spec.spec_matrix(y, entry.num_classes, dtype=x.dtype)  # also validates the labels
         if x.shape[0] == 0:
             return C.new_zeros((0, entry.num_classes - 1))
@@ -193,6 +208,7 @@ def _bound_passes(model: nn.Module, x: Tensor, y: Tensor, eps: float, method: st
         # same BoundedModule reuses it (seen: after alpha-CROWN's AssertionError every CROWN call
         # failed too). Drop the entry, whatever was raised, so the next call rebuilds it.
         _CACHE.pop(model, None)
+        _LP_CACHE.pop(model, None)
         raise
 
 
@@ -222,7 +238,8 @@ def lirpa_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, meth
         eps: l_inf radius (>= 0).
         method: one of :data:`LIRPA_METHODS`: ``lirpa-ibp`` (IBP), ``crown-ibp`` (IBP intermediate
             bounds, CROWN for the last layer), ``crown`` (CROWN everywhere), ``alpha-crown``
-            (CROWN with the lower ReLU slopes optimised by Adam).
+            (CROWN with the lower ReLU slopes optimised by Adam), ``lp-dual`` (Wong & Kolter's LP
+            dual / Fast-Lin over the unclipped box B(x, eps): see ``_LP_DUAL_OPTS``).
         batch_size: number of samples bounded at a time, to bound memory; None = all at once.
         alpha_iterations: alpha-CROWN optimisation iterations (auto_LiRPA's ``iteration``).
         alpha_lr: alpha-CROWN learning rate (auto_LiRPA's ``lr_alpha``).
@@ -363,6 +380,24 @@ def _joined(chunks: list[list[tuple[Tensor, Tensor]]], expected: list[Tensor], x
     return [(torch.cat([c[i][0] for c in chunks]).to(device=x.device, dtype=x.dtype),
              torch.cat([c[i][1] for c in chunks]).to(device=x.device, dtype=x.dtype))
             for i in range(len(expected))]
+
+
+def unclipped_box(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The box B(x, eps) *not* intersected with [0, 1] (the LP dual's), rounded outward in ``x``'s dtype.
+
+    Each end is computed in float64 and moved one ulp outward where the rounding to ``x``'s dtype went
+    inward (or may have), so the box contains the exact real one.
+    """
+    threat_model.check(x, eps)
+    lo64, hi64 = x.double() - float(eps), x.double() + float(eps)
+    if x.dtype == torch.float64:
+        inf = torch.tensor(float("inf"), dtype=torch.float64, device=x.device)
+        return torch.nextafter(lo64, -inf), torch.nextafter(hi64, inf)
+    lo, hi = lo64.to(x.dtype), hi64.to(x.dtype)
+    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+    lo = torch.where(lo.double() >= lo64, torch.nextafter(lo, -inf), lo)
+    hi = torch.where(hi.double() <= hi64, torch.nextafter(hi, inf), hi)
+    return lo, hi
 
 
 @contextlib.contextmanager

@@ -15,6 +15,9 @@ import pandas as pd
 
 #: The verdict columns of the cascade's certifiers, cheapest first (auto_LiRPA's IBP runs beside the own).
 CERTIFIERS = ("ibp", "lirpa-ibp", "crown-ibp", "crown", "alpha-crown", "complete")
+#: Certifiers run beside the cascade on every sample when the settings ask for them: own verdict and margin
+#: columns, never cumulative, never a certificate of the cascade (``lp-dual``: CertifySettings.lp_dual).
+SIDE_CERTIFIERS = ("lp-dual",)
 
 #: The complete verifier's verdicts as stored (0: not run on this sample).
 COMPLETE_VERDICTS = ("", "verified", "counterexample", "unknown")
@@ -71,7 +74,7 @@ def check_invariants(df: pd.DataFrame, where: str = "") -> None:
     """Fatal checks on per-sample records (see module docstring)."""
     correct = df["clean_pred"] == df["label"]
     broken = _broken(df)
-    for c in CERTIFIERS:
+    for c in CERTIFIERS + SIDE_CERTIFIERS:
         name = col(c)
         if name not in df or df[name].isna().all():
             continue

@@ -135,10 +135,17 @@ class CROWNIBPParams(MethodParams):
     regulariser: NonNegative = 0.5
 
 
+@dataclass
+class PublishedParams(MethodParams):
+    """Not a training method: the run loads a published checkpoint (RunConfig.checkpoint) instead."""
+    name: ClassVar[str] = "published"
+
+
 #: Every method's parameter class by name, in the order tables list the methods.
 METHOD_PARAMS: dict[str, type[MethodParams]] = {
     c.name: c for c in (StandardParams, PGDParams, IBPParams, CROWNIBPParams, SABRParams, MTLIBPParams, CCIBPParams,
-                        ExpIBPParams, ADCERTParams, CCDISTParams)}
+                        ExpIBPParams, ADCERTParams, CCDISTParams,
+                        PublishedParams)}
 
 
 def method_params(name: str) -> type[MethodParams]:

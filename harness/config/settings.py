@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, create_model, field_validator
 
+from harness.config.checkpoints import CheckpointName, load_checkpoint_spec
 from harness.config.constraints import (
     AtLeastOne,
     AttackSteps,
@@ -74,6 +75,9 @@ class RunConfig:
     val_size: Count = 1000          # held-out slice at the end of the training set
     val_pgd_steps: AttackSteps = 10
     teacher: str | None = None      # run id of the PGD teacher (AD-CERT)
+    # A published checkpoint (benchmarks/checkpoints/<name>.toml) loaded instead of training; needs
+    # method "published" and the checkpoint's dataset and arch. The training fields are then unused.
+    checkpoint: CheckpointName | None = None
 
     @property
     def train_eps(self) -> float:
@@ -82,10 +86,19 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["lr_milestones"] = list(self.lr_milestones)
+        if d["checkpoint"] is None:
+            del d["checkpoint"]  # absent, so that the ids of trained runs stay what they were
         return d
 
     @property
     def run_id(self) -> str:
+        if self.checkpoint is not None:
+            # the checkpoint's identity (bytes and how they are loaded) and the eps it is certified at
+            spec = load_checkpoint_spec(self.checkpoint)
+            blob = json.dumps({"checkpoint": spec.identity(), "dataset": self.dataset, "eps": self.eps},
+                              sort_keys=True, separators=(",", ":"))
+            digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+            return f"{self.dataset}-{self.eps:g}-published-{self.checkpoint}-{digest}"
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
         return f"{self.dataset}-{self.eps:g}-{self.method}-{self.arch}-s{self.seed}-{digest}"
@@ -106,6 +119,15 @@ class RunConfig:
                               f"finished pgd run")
         if cfg.teacher and not needs:
             raise ConfigError(f"{source}: teacher = {cfg.teacher!r}: {method} does not use a teacher; remove it")
+        if (method == "published") != (cfg.checkpoint is not None):
+            raise ConfigError(f"{source}: checkpoint: method 'published' and a checkpoint go together (method "
+                              f"{method!r}, checkpoint {cfg.checkpoint!r})")
+        if cfg.checkpoint is not None:
+            spec = load_checkpoint_spec(cfg.checkpoint)
+            for key in ("dataset", "arch", "width"):
+                if getattr(cfg, key) != getattr(spec, key):
+                    raise ConfigError(f"{source}: {key}: checkpoint {cfg.checkpoint!r} is a {key} "
+                                      f"{getattr(spec, key)!r} model, the config says {getattr(cfg, key)!r}")
         return cfg
 
 
@@ -144,6 +166,12 @@ class CertifySettings:
     alpha_lr: Positive = 0.1
     eps_sweep: tuple[Positive, ...] = ()   # fractions of eps for the certified-vs-eps curve (own IBP)
     n_sweep: Count = 1000
+    # Wong & Kolter's LP dual (certifier "lp-dual") on every sample, beside the cascade: its own verdict
+    # column, never counted as a certificate of the cascade (to compare with published LP-dual numbers).
+    lp_dual: bool = False
+    # Complete stage: a sample the MILP leaves unknown after this many seconds (0: never) is tried again
+    # with its ReLU bounds tightened by LP first (harness.bounds.tighten), within complete_time_limit_s.
+    complete_tighten_after_s: NonNegative = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "[certify]") -> "CertifySettings":
@@ -154,6 +182,9 @@ class CertifySettings:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["eps_sweep"] = list(self.eps_sweep)
+        for k, default in _LATER_CERTIFY_FIELDS.items():
+            if d[k] == default:
+                del d[k]  # fields added later are absent at their default: the keys of earlier settings stay
         return d
 
     @property
@@ -162,6 +193,10 @@ class CertifySettings:
         certification in its own files (``certify-<key>.csv``)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+#: CertifySettings fields added after certifications were recorded, with their defaults.
+_LATER_CERTIFY_FIELDS: dict[str, Any] = {"lp_dual": False, "complete_tighten_after_s": 0.0}
 
 
 @dataclass(frozen=True)

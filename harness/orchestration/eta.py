@@ -145,6 +145,9 @@ def estimate(cfgs: list[RunConfig], device: torch.device, runs_root: Path, threa
     previous = set_threads(threads)
     try:
         for cfg in cfgs:
+            if cfg.checkpoint is not None:  # a published checkpoint is loaded, not trained
+                out[cfg.run_id] = 0.0
+                continue
             key = cost_key(cfg)
             if key not in costs:
                 costs[key] = recorded_cost(cfg, device, runs_root) or measured_cost(cfg, device)

@@ -19,6 +19,7 @@ from harness.data import DatasetUnavailableError, ensure_dataset
 from harness.orchestration.eta import Progress, estimate, fmt_duration
 from harness.orchestration.executors import Outcome, make_executor
 from harness.orchestration.jobs import JobSpec
+from harness.report.fidelity import build_comparison
 from harness.report.plots import build_figures
 from harness.report.tables import build_tables
 from harness.rundir import RunDir, is_locked
@@ -123,6 +124,7 @@ def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_
         log(f"profile {profile.name}: trained; certification, tables and figures were left for a later run")
         return 1 if any(not o.ok for o in outcomes) else 0
     build_tables([profile], runs_root=runs_root, results_dir=results_dir, log=log)
+    build_comparison(profile, runs_root=runs_root, results_dir=results_dir, log=log)
     build_figures([profile], results_dir=results_dir, plots_dir=plots_dir, runs_root=runs_root, log=log)
     for ds, why in skipped.items():
         log(f"note: {ds} settings were skipped: {why.splitlines()[0]}")

@@ -47,6 +47,7 @@ from harness.runtime.device import (
 from harness.schedules import eps_at, lr_at
 from harness.threat_model import input_box
 from harness.training.methods import METHODS, TERMS, Batch, make_method
+from harness.training.published import import_checkpoint
 
 
 class TrainingError(RuntimeError):
@@ -179,6 +180,8 @@ def train(cfg: RunConfig, *, device: str = "auto", runs_root: Path | None = None
     file, a profile's plan, a job's spec or a run folder's config.json).
     """
     runs_root = runs_root or RUNS
+    if cfg.checkpoint is not None:  # a published model: loaded into a finished run folder, not trained
+        return import_checkpoint(cfg, runs_root, log=log)
     dev = resolve_device(device)
     run = RunDir.of(cfg, runs_root)
     teacher_run = check_teacher(cfg, runs_root)  # before anything is written

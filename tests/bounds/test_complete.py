@@ -184,7 +184,7 @@ def test_every_certifier_bound_is_at_most_the_exact_minimum(kind):
         assert abs(float(margins64(model, c.solution.unsqueeze(0), y)[0, c.target]) - c.upper_bound) < 1e-6
     band = float(fp_tolerance(rounding_scale(model, x.unsqueeze(0), torch.tensor([y]), eps), torch.float32)[0])
     tightest = None
-    for method in ("ibp", "crown-ibp", "crown", "alpha-crown"):
+    for method in ("ibp", "crown-ibp", "crown", "alpha-crown", "lp-dual"):
         bound = margin_lower_bounds(model, x.unsqueeze(0), torch.tensor([y]), eps, method,
                                     alpha_iterations=5)[0].detach().double()
         assert torch.all(bound <= exact + band), (method, bound, exact)

@@ -7,7 +7,6 @@ import csv
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("onnx", reason="onnx is pinned in requirements/base.txt (make setup installs it)")
 pytest.importorskip("onnxruntime", reason="onnxruntime is pinned in requirements/base.txt")
@@ -15,8 +14,8 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is pinned in requirements
 from harness.cli import main  # noqa: E402
 from harness.exchange.onnx_io import OnnxRunner  # noqa: E402
 from harness.exchange.vnnlib import classification_label, read_vnnlib, write_vnnlib  # noqa: E402
-from harness.rundir import RunDir, load_model  # noqa: E402
 from harness.orchestration.jobs import set_threads  # noqa: E402
+from harness.rundir import RunDir, load_model  # noqa: E402
 from harness.verification import Box, Verifier, VerifySettings  # noqa: E402
 
 

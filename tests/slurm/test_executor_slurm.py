@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from harness.config.profile import load_profile
 from harness.rundir import RunDir, job_record
 
