@@ -116,7 +116,7 @@ def _stage_paper_slice(device: str, out: Path, epochs: int, tiny: bool, log) -> 
 
 #: The test files that hold CUDA tests (listed, so that a machine without the CPU-only tools, e.g. a
 #: GPU node without SLURM or the MILP solver, need not import the rest of the suite).
-CUDA_TEST_FILES = ("tests/test_device.py", "tests/test_methods.py", "tests/bounds/test_lirpa.py")
+CUDA_TEST_FILES = ("tests/runtime/test_device.py", "tests/training/test_methods.py", "tests/bounds/test_lirpa.py")
 
 
 def _stage_cuda_tests(log) -> dict[str, Any]:

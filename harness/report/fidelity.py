@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from harness.certification.records import col, summarize
-from harness.certification.run import certify_paths, check_invariants
+from harness.certification.records import check_invariants
+from harness.certification.run import certify_paths
 from harness.config.checkpoints import load_checkpoint_spec
 from harness.config.profile import Profile
 from harness.config.settings import REPO, RUNS

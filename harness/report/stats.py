@@ -1,7 +1,7 @@
 """Statistics of paired seeds: confidence intervals, the seeds needed to see a difference, and the
 area a trade-off curve dominates.
 
-Runs with the same seed share their initialisation and batch order (``tests/test_train.py`` checks
+Runs with the same seed share their initialisation and batch order (``tests/training/test_train.py`` checks
 it), so two methods' runs of one seed form a pair, and the per-seed difference is the quantity whose
 mean and confidence interval answer "does A beat B?". The distributions come from scipy.stats
 (Student t, noncentral t); nothing here computes a quantile by hand.

@@ -21,7 +21,7 @@ from harness.verification import Box, Verifier, VerifySettings  # noqa: E402
 
 @pytest.fixture(scope="module")
 def mlp_run(tmp_path_factory):
-    """A small MLP trained briefly with MTL-IBP on real MNIST (as tests/test_certify.py's)."""
+    """A small MLP trained briefly with MTL-IBP on real MNIST (as tests/certification/test_certify.py's)."""
     from harness.config.settings import RunConfig
     from harness.training.loop import train
 

@@ -1,6 +1,6 @@
 """Bad command-line and profile values the schema cannot see: one line naming the problem and the fix, a
 non-zero exit, nothing written. Through the real command line (``harness.cli.main``) in this process,
-like tests/test_schema.py's cases."""
+like tests/config/test_schema.py's cases."""
 
 from __future__ import annotations
 

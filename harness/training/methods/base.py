@@ -106,7 +106,7 @@ def shi_regularisers(preact: list[tuple[torch.Tensor, torch.Tensor]], r0: torch.
     host synchronisation. The ratios of L_relu use twice the center (both are scale-invariant) and
     variances from first and second moments. A layer without active or without inactive units has no
     mean-ratio term, one with fewer than two of either no variance-ratio term (as by selection).
-    ``tests/test_methods.py`` checks value and gradient against the formula by boolean selection.
+    ``tests/training/test_methods.py`` checks value and gradient against the formula by boolean selection.
     """
     if not preact:
         return r0.new_zeros(())

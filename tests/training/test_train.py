@@ -19,7 +19,7 @@ from harness.rundir import RunDir, load_checkpoint, load_model
 from harness.training.loop import TrainingError, train
 from harness.training.methods import METHODS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 TINY = {"dataset": "mnist", "eps": 0.1, "arch": "cnn_small", "epochs": 2, "batch_size": 64,
         "train_subset": 256, "val_size": 100, "val_pgd_steps": 2, "eps_ramp_length": 1.0}

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from tiny_nets import X_TINY, Y_TINY, softplus, tiny_net  # tests/tiny_nets.py
+from tiny_nets import X_TINY, Y_TINY, softplus, tiny_net  # tests/training/tiny_nets.py
 from torch import nn
 
 from harness.bounds.ibp import ibp_bounds

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from tiny_nets import X_TINY, Y_TINY, softplus, tiny_net  # tests/tiny_nets.py
+from tiny_nets import X_TINY, Y_TINY, softplus, tiny_net  # tests/training/tiny_nets.py
 
 from harness.bounds.spec import spec_matrix
 from harness.models import build_model, frozen_batch_stats

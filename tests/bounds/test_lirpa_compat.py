@@ -18,7 +18,7 @@ from torch import nn
 
 from harness.bounds import lirpa_compat as compat
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _version(v: str) -> tuple[int, int]:

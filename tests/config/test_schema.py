@@ -17,7 +17,7 @@ from harness import cli
 from harness.config.profile import json_schemas, load_profile
 from harness.config.settings import BENCHMARKS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 RUN = '''dataset = "mnist"
 eps = 0.1

@@ -20,7 +20,7 @@ from harness.config.profile import load_profile
 from harness.orchestration.pipeline import reproduce
 from harness.rundir import RunClaimed, RunDir, claim, is_locked, job_record
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def records(run: RunDir) -> Path:

@@ -10,7 +10,7 @@ from harness.config.constraints import ConfigError
 from harness.config.profile import load_any, load_profile
 from harness.config.settings import BENCHMARKS, RunConfig
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def test_run_id_is_stable_readable_and_changes_with_the_config():

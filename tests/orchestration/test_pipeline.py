@@ -157,14 +157,14 @@ def test_missing_dataset_is_reported_as_skipped_without_a_path_of_this_machine(t
     cifar = [r for r in rows if r["dataset"] == "cifar10"]
     assert cifar and all(r["status"].startswith("skipped: cifar10 data not available") for r in cifar)
     text = pd.DataFrame(rows).to_csv()
-    assert str(tmp_path) not in text and str(Path(__file__).resolve().parents[1]) not in text
+    assert str(tmp_path) not in text and str(Path(__file__).resolve().parents[2]) not in text
 
 
 def _cli(*args: str):
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=repo, capture_output=True, text=True)
 
 
