@@ -44,7 +44,7 @@ bench: setup
 
 test: setup
 	$(PY) -m harness data --dataset mnist --dataset fashion-mnist
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # The edit-test loop: the unit tests, without the end-to-end profiles (marked slow) and the SLURM cluster.
 test-quick: setup

@@ -119,16 +119,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
         instances = [Instance(Path(args.onnx), Path(args.vnnlib), args.timeout)]
     else:
         return _err("give NET.onnx PROP.vnnlib, or --instances instances.csv (a VNN-COMP benchmark folder)")
-    import torch
+    from harness.orchestration.jobs import set_threads
 
-    # VNN-COMP's setting and the target: one core per instance (also the deterministic one)
-    torch.set_num_threads(args.threads)
     loaded = load_instances(instances)  # every file checked before anything is written
     if args.limit:
         loaded = loaded[:args.limit]
     settings = VerifySettings(time_limit_s=args.timeout, autoattack=not args.no_autoattack)
     out = Path(args.out)
-    rows = run_instances(loaded, out, settings=settings, timeout_cap=args.timeout_cap)
+    # VNN-COMP's setting and the target: one core per instance (also the deterministic one); the
+    # caller's thread count is restored (main() also runs in-process, e.g. from the tests)
+    previous = set_threads(args.threads)
+    try:
+        rows = run_instances(loaded, out, settings=settings, timeout_cap=args.timeout_cap)
+    finally:
+        set_threads(previous)
     if args.official:
         counts = compare_official(rows, Path(args.official), out)
         print(json.dumps(counts))

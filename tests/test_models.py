@@ -49,7 +49,7 @@ def test_normalisation_is_the_first_layer():
 
 
 def test_unknown_architecture_lists_the_known_ones():
-    with pytest.raises(ValueError, match="known: cnn7, cnn_small, mlp"):
+    with pytest.raises(ValueError, match="known: cnn7, cnn_small, cnn_small_nobn, mlp"):
         build_model("resnet", *MNIST)
 
 

@@ -224,10 +224,10 @@ def load_profile(name_or_path: str | Path) -> Profile:
         params = {m: {**methods_table.get(m, {}), **overrides.get(m, {})} for m in methods}
         own = s.pop("certify", {})  # only the keys the setting sets; [certify] gives the others
         cert = CertifySettings.from_dict({**data.get("certify", {}), **own}, f"{path}: settings[{i}].certify") \
-            if own else certify
+            if own else None  # None: the profile's [certify] (Profile.certify_for), even after a replace()
         settings.append(Setting(dataset, eps_value(eps), label.replace(" ", ""), methods, {**defaults, **s}, params,
                                 cert))
-        _check_setting(path, data["settings"], i, own, cert)
+        _check_setting(path, data["settings"], i, own, cert or certify)
     meta = data.get("profile", {})
     ablations = None
     if "ablations" in data:

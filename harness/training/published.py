@@ -114,7 +114,9 @@ def import_checkpoint(cfg: RunConfig, runs_root: Path | None = None, *, allow_do
     model = published_model(spec, data)
     run.path.mkdir(parents=True, exist_ok=True)
     write_json(run.config, cfg.to_dict())
-    save_checkpoint(run, {"model": model.state_dict(), "epoch": 0, "published": spec.name})
+    # the published weights are the run's final model: recorded as its last epoch, which is what
+    # load_model asks of a finished run (a checkpoint of an earlier epoch is never a final model)
+    save_checkpoint(run, {"model": model.state_dict(), "epoch": cfg.epochs, "published": spec.name})
     write_json(run.manifest, {
         "run_id": cfg.run_id, "status": "finished", "origin": "published checkpoint", "trained": False,
         "checkpoint": {"name": spec.name, "file": str(spec.weights_path().name), "md5": spec.md5,

@@ -142,7 +142,7 @@ CASES = [
     ("eps-text", "check", PROFILE.replace("eps = 0.1", 'eps = "abc"'), "settings[0].eps = 'abc'"),
     ("no-teacher-in-setting", "check", PROFILE.replace('"pgd", ', ""), "lists ad_cert but no pgd teacher"),
     ("profile-name", "check", PROFILE.replace('name = "p"', 'name = "bad name!"'), "profile.name = 'bad name!'"),
-    ("methods-table", "check", profile_case("\n[methods.sabr]\nalpha = 0.5\n"), "methods.sabr: unknown key"),
+    ("methods-table", "check", profile_case("\n[methods.no_such_method]\nalpha = 0.5\n"), "methods.no_such_method: unknown key"),
     ("slurm-cpus", "check", profile_case("\n[slurm]\ncpus_per_task = 0\n"), "slurm.cpus_per_task = 0: input should"),
     ("ablation-base", "check", profile_case('\n[[ablations.variants]]\nname = "x"\n'), "ablations.base: required, missing"),
     ("ablation-param", "check", profile_case('\n[ablations]\nbase = { alpha = 0.5 }\n[[ablations.variants]]\n'

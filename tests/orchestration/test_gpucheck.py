@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from harness.orchestration.gpucheck import gpucheck, slice_profile
+from harness.config.profile import load_profile
+from harness.orchestration.gpucheck import SLICE_CERTIFY, TINY_CERTIFY, gpucheck, slice_profile
 from harness.orchestration.jobs import set_threads
 
 
@@ -14,8 +15,11 @@ def test_slice_is_the_paper_setting_cut_short():
     full = slice_profile(2, tiny=False)
     run = full.plan()[0].cfg
     assert (run.arch, run.batch_size, run.epochs, run.train_eps, run.lr_milestones) == ("cnn7", 256, 2, 0.2, (50, 60))
-    assert {p.cfg.method for p in full.plan()} == {"standard", "pgd", "ibp", "mtl_ibp", "ad_cert"}
+    assert {p.cfg.method for p in full.plan()} == set(load_profile("paper").settings[0].methods)
     assert full.certify.crown_samples > 0 and full.certify.alpha_crown_samples > 0
+    # the slice is certified with its own (short) settings, not the paper profile's
+    assert {full.certify_for(p) for p in full.plan()} == {SLICE_CERTIFY}
+    assert {slice_profile(1, tiny=True).certify_for(p) for p in full.plan()} == {TINY_CERTIFY}
 
 
 @pytest.mark.slow
@@ -30,7 +34,7 @@ def test_gpucheck_runs_every_stage_on_the_cpu_and_reports(tmp_path):
     assert set(report["stages"]) == {"environment", "paper-slice", "cuda-tests", "bench"}
     assert all(st["ok"] for st in report["stages"].values())
     slice_ = report["stages"]["paper-slice"]
-    assert len(slice_["runs"]) == 5 and slice_["runs_with_crown"] >= 1 and slice_["runs_with_alpha_crown"] >= 1
+    assert len(slice_["runs"]) == len(slice_profile(1, tiny=True).plan()) and slice_["runs_with_crown"] >= 1 and slice_["runs_with_alpha_crown"] >= 1
     assert all(r["epoch_time_s"] and r["certify_times_s"] for r in slice_["runs"])
     assert "skipped" in " ".join(report["stages"]["cuda-tests"]["tail"])  # no CUDA here: the CUDA tests skip
     md = (tmp_path / "gpucheck.md").read_text()
