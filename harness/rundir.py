@@ -260,7 +260,6 @@ def load_model(run: RunDir, device: torch.device | str = "cpu") -> nn.Module:
 
 
 def model_for(cfg: RunConfig) -> nn.Module:
-
     info = get_info(cfg.dataset)
     return build_model(cfg.arch, info.in_shape, info.num_classes, info.mean, info.std, cfg.width)
 

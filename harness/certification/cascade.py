@@ -68,7 +68,6 @@ class Cascade:
     """One run's certification: the model, the test data, the records so far."""
 
     def __init__(self, run: RunDir, settings: CertifySettings, device: torch.device, log: Callable[[str], None]):
-
         self.run, self.settings, self.device, self.log = run, settings, device, log
         self.cfg = run.read_config()
         self.model = load_model(run, device)

@@ -95,7 +95,6 @@ def eps_sweep(c: Cascade) -> list[dict]:
     """Own-IBP certified accuracy of the model at fractions of its eps (the certified-vs-eps curve)."""
     import time
 
-
     sweep = []
     m = min(c.settings.n_sweep, c.n)
     for frac in c.settings.eps_sweep:

@@ -290,7 +290,6 @@ class SlurmExecutor:
         return jobs
 
     def execute(self, specs: list[JobSpec], on_done: OnDone) -> list[Outcome]:
-
         jobs = self.submit(specs)
         outcomes, failed = [], set()
         remaining = {s.run_id: s for s in specs}

@@ -63,7 +63,6 @@ def slice_profile(epochs: int, tiny: bool) -> Profile:
 def _stage_environment(device: str) -> dict[str, Any]:
     import torch
 
-
     dev = resolve_device(device)
     return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "device": str(dev), "device_name": device_name(dev), "lirpa_patches": list(APPLIED_PATCHES),
@@ -73,7 +72,6 @@ def _stage_environment(device: str) -> dict[str, Any]:
 
 def _stage_paper_slice(device: str, out: Path, epochs: int, tiny: bool, log) -> dict[str, Any]:
     import pandas as pd
-
 
     profile = slice_profile(epochs, tiny)
     runs = out / "runs"
@@ -129,7 +127,6 @@ def _stage_cuda_tests(log) -> dict[str, Any]:
 
 
 def _stage_bench(device: str, out: Path, tiny: bool, log) -> dict[str, Any]:
-
     models = [TINY_ARCH] if tiny else [("cnn7", 64)]
     repeats = 2 if tiny else 5
     train = bench_train(device=device, repeats=repeats, out=out / "bench_train.csv", models=models, log=log)

@@ -76,7 +76,6 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print) -> JobResult:
 
 
 def _run_job(spec: JobSpec, log: Callable[[str], None]) -> JobResult:
-
     cfg = RunConfig.from_dict(spec.config, source=f"job {spec.run_id}")
     settings = spec.certify_settings()
     root = Path(spec.runs_root)

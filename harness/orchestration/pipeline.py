@@ -59,7 +59,6 @@ def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_
     """Run a whole profile; returns 0 when every available run finished (skipped data is reported)."""
     from dataclasses import replace
 
-
     if train_only and executor == "slurm":
 
         raise ConfigError("--train-only works with the inline and local executors (a SLURM job trains and certifies)")
