@@ -78,7 +78,14 @@ def cli_args(profile: Path, root: Path, *extra: str) -> list[str]:
 def start_cli(args: list[str]) -> subprocess.Popen:
     """``python -m harness ARGS`` in its own session (so that a failed test can still end all of it)."""
     return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT's default action, as a terminal gives the command it runs. A test
+    run started in the background of a non-interactive shell (``make test &``) inherits SIGINT *ignored*,
+    and an ignored signal stays ignored across exec, so without this the driver would never see Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def runs(profile: Path, root: Path) -> list[RunDir]:
