@@ -36,6 +36,7 @@ from torch import nn
 
 from harness.attacks.confirm import AttackResult, confirm_broken, predict
 from harness.models import eval_mode
+from harness import threat_model
 from harness.threat_model import clip_to_threat_model
 
 #: AutoAttack versions offered: the standard one, the attack of record ("plus" and "rand", for
@@ -118,12 +119,7 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, eps: float, seed: int, batch
                          f"{type(y).__name__} {getattr(y, 'dtype', '')} {tuple(getattr(y, 'shape', ()))}")
     if y.device != x.device:
         raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
-    if x.numel():
-        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
-        if not (lo >= 0.0 and hi <= 1.0):  # also rejects NaN
-            raise ValueError(f"inputs must lie in [0, 1] (pixel space; normalisation is a model layer), "
-                             f"got range [{lo:.4g}, {hi:.4g}]")
-    return eps
+    return threat_model.check(x, eps)  # inputs in [0, 1]
 
 
 def _check_logits(out: object, n: int, y: torch.Tensor) -> None:

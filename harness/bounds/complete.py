@@ -451,19 +451,7 @@ def _solve_class(program: MILPProgram, net: MILPNetwork, y: int, j: int, thresho
                         ("mip_feasibility_tolerance", SOLVER_FEASIBILITY_TOL),
                         ("mip_rel_gap", 0.0), ("mip_abs_gap", 1e-9)):
         h.setOptionValue(name, value)
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = program.matrix.shape[1], program.matrix.shape[0]
-    lp.col_cost_, lp.offset_ = cost, const
-    lp.col_lower_, lp.col_upper_ = program.col_lower, program.col_upper
-    lp.row_lower_, lp.row_upper_ = program.row_lower, program.row_upper
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_ = program.matrix.indptr
-    lp.a_matrix_.index_ = program.matrix.indices
-    lp.a_matrix_.value_ = program.matrix.data
-    if program.num_binaries:
-        lp.integrality_ = [highspy.HighsVarType.kInteger if b else highspy.HighsVarType.kContinuous
-                           for b in program.integer]
-    h.passModel(lp)
+    h.passModel(program.highs_lp(cost, const))
 
     state: dict = {"cex": None, "stop": "", "error": None}
     n_in = program.n_inputs

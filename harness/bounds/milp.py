@@ -32,6 +32,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import highspy
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -224,6 +225,24 @@ class MILPProgram:
         live = cols >= 0
         np.add.at(cost, cols[live], coef[live])
         return cost, const
+
+    def highs_lp(self, cost: np.ndarray | None = None, const: float = 0.0, relax: bool = False) -> highspy.HighsLp:
+        """The program as a HiGHS model minimising ``cost`` + ``const`` (no cost: a feasibility LP);
+        ``relax``: without integrality, the LP relaxation."""
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = self.matrix.shape[1], self.matrix.shape[0]
+        lp.col_cost_ = np.zeros(self.matrix.shape[1]) if cost is None else cost
+        lp.offset_ = const
+        lp.col_lower_, lp.col_upper_ = self.col_lower, self.col_upper
+        lp.row_lower_, lp.row_upper_ = self.row_lower, self.row_upper
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = self.matrix.indptr
+        lp.a_matrix_.index_ = self.matrix.indices
+        lp.a_matrix_.value_ = self.matrix.data
+        if self.num_binaries and not relax:
+            lp.integrality_ = [highspy.HighsVarType.kInteger if b else highspy.HighsVarType.kContinuous
+                               for b in self.integer]
+        return lp
 
 
 def build_program(net: MILPNetwork, lo: np.ndarray, hi: np.ndarray,

@@ -65,16 +65,7 @@ def _highs(program, threads: int) -> highspy.Highs:
     for name, value in (("output_flag", False), ("threads", threads), ("random_seed", 0),
                         ("solver", "simplex")):
         h.setOptionValue(name, value)
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = program.matrix.shape[1], program.matrix.shape[0]
-    lp.col_cost_ = np.zeros(program.matrix.shape[1])
-    lp.col_lower_, lp.col_upper_ = program.col_lower, program.col_upper
-    lp.row_lower_, lp.row_upper_ = program.row_lower, program.row_upper
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_ = program.matrix.indptr
-    lp.a_matrix_.index_ = program.matrix.indices
-    lp.a_matrix_.value_ = program.matrix.data
-    h.passModel(lp)  # no integrality: the LP relaxation
+    h.passModel(program.highs_lp(relax=True))  # no integrality: the LP relaxation
     return h
 
 
