@@ -45,6 +45,27 @@ def assert_same_tables():
 
 
 @pytest.fixture(scope="session")
+def mlp_run(tmp_path_factory):
+    """A small MLP trained briefly with MTL-IBP on real MNIST, once per session: cheap enough for
+    AutoAttack, the MILP and ONNX export (its run folder is only read by the tests that use it)."""
+    from harness.config.settings import RunConfig
+    from harness.orchestration.jobs import set_threads
+    from harness.rundir import RunDir
+    from harness.training.loop import train
+
+    cfg = RunConfig.from_dict({"dataset": "mnist", "eps": 0.05, "method": "mtl_ibp", "arch": "mlp", "width": 24,
+                               "epochs": 1, "batch_size": 64, "train_subset": 1024, "val_size": 100,
+                               "val_pgd_steps": 2, "eps_ramp_length": 0.5, "init": "ibp", "params": {"alpha": 0.5}})
+    root = tmp_path_factory.mktemp("mlp")
+    previous = set_threads(1)
+    try:
+        train(cfg, device="cpu", runs_root=root, log=lambda *_: None)
+    finally:
+        set_threads(previous)
+    return RunDir.of(cfg, root)
+
+
+@pytest.fixture(scope="session")
 def smoke_inline(tmp_path_factory) -> SmokeRun:
     """The smoke profile end to end, inline, one CPU thread per run: the reference every executor's
     tables must equal (on the CPU the thread count changes the last bits of the weights)."""

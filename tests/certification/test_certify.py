@@ -112,24 +112,6 @@ def test_a_budget_covers_the_prefix_up_to_its_last_sample():
     assert idx.tolist() == [] and covered == 0
 
 
-@pytest.fixture(scope="module")
-def mlp_run(tmp_path_factory):
-    """A small MLP trained briefly with MTL-IBP on real MNIST: cheap enough for AutoAttack and the MILP."""
-    from harness.config.settings import RunConfig
-    from harness.training.loop import train
-
-    cfg = RunConfig.from_dict({"dataset": "mnist", "eps": 0.05, "method": "mtl_ibp", "arch": "mlp", "width": 24,
-                               "epochs": 1, "batch_size": 64, "train_subset": 1024, "val_size": 100,
-                               "val_pgd_steps": 2, "eps_ramp_length": 0.5, "init": "ibp", "params": {"alpha": 0.5}})
-    root = tmp_path_factory.mktemp("mlp")
-    previous = set_threads(1)
-    try:
-        train(cfg, device="cpu", runs_root=root, log=lambda *_: None)
-    finally:
-        set_threads(previous)
-    return RunDir.of(cfg, root)
-
-
 def test_autoattack_complete_and_alarm_stages_decide_undecided_samples(mlp_run, tmp_path):
     from harness.config.settings import CertifySettings
 

@@ -14,27 +14,8 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is pinned in requirements
 from harness.cli import main  # noqa: E402
 from harness.exchange.onnx_io import OnnxRunner  # noqa: E402
 from harness.exchange.vnnlib import classification_label, read_vnnlib, write_vnnlib  # noqa: E402
-from harness.orchestration.jobs import set_threads  # noqa: E402
-from harness.rundir import RunDir, load_model  # noqa: E402
+from harness.rundir import load_model  # noqa: E402
 from harness.verification import Box, Verifier, VerifySettings  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def mlp_run(tmp_path_factory):
-    """A small MLP trained briefly with MTL-IBP on real MNIST (as tests/certification/test_certify.py's)."""
-    from harness.config.settings import RunConfig
-    from harness.training.loop import train
-
-    cfg = RunConfig.from_dict({"dataset": "mnist", "eps": 0.05, "method": "mtl_ibp", "arch": "mlp", "width": 24,
-                               "epochs": 1, "batch_size": 64, "train_subset": 1024, "val_size": 100,
-                               "val_pgd_steps": 2, "eps_ramp_length": 0.5, "init": "ibp", "params": {"alpha": 0.5}})
-    root = tmp_path_factory.mktemp("mlp")
-    previous = set_threads(1)
-    try:
-        train(cfg, device="cpu", runs_root=root, log=lambda *_: None)
-    finally:
-        set_threads(previous)
-    return RunDir.of(cfg, root)
 
 
 def _rows(path):
