@@ -88,7 +88,7 @@ def _counts(c: Cascade) -> dict:
                                 "median_unstable": float(np.median(stats["unstable"])) if stats.get("unstable") else None,
                                 "median_s": float(np.median(seconds)) if seconds else None,
                                 "max_s": max(seconds) if seconds else None},
-            "alarm_samples": c.stats.get("alarm_samples", 0)}
+            "alarm_samples": c.stats.get("alarm_samples", 0), "pgd_attacked": c.stats.get("pgd_attacked")}
 
 
 def eps_sweep(c: Cascade) -> list[dict]:

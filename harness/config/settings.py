@@ -172,6 +172,10 @@ class CertifySettings:
     # Complete stage: a sample the MILP leaves unknown after this many seconds (0: never) is tried again
     # with its ReLU bounds tightened by LP first (harness.bounds.tighten), within complete_time_limit_s.
     complete_tighten_after_s: NonNegative = 0.0
+    # PGD on every correctly classified sample (true), or only on those no full-test-set certifier has
+    # certified (false: a certified sample cannot be broken, so the PGD column means the same; the cost
+    # of PGD falls with the certified fraction). See harness.certification.cascade.Cascade.pgd.
+    pgd_on_certified: bool = True
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "[certify]") -> "CertifySettings":
@@ -196,7 +200,8 @@ class CertifySettings:
 
 
 #: CertifySettings fields added after certifications were recorded, with their defaults.
-_LATER_CERTIFY_FIELDS: dict[str, Any] = {"lp_dual": False, "complete_tighten_after_s": 0.0}
+_LATER_CERTIFY_FIELDS: dict[str, Any] = {"lp_dual": False, "complete_tighten_after_s": 0.0,
+                                         "pgd_on_certified": True}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@
 
 Whatever the executor, a job holds its run's claim (an ``flock`` in the run folder), so a second
 invocation never works on a run that a live worker holds; it waits for it (local) or attaches to its
-SLURM job instead of submitting another. Teachers run before their students.
+SLURM job instead of submitting another. Teachers run before their students; the local executor
+starts the jobs in the order it is given (:func:`harness.orchestration.pipeline.schedule`), each as a
+worker frees.
 
 A run's numbers do not depend on the executor that ran it, given the same device and, on the CPU,
 the same number of torch threads: the thread count changes the order of floating-point sums inside
@@ -33,7 +35,14 @@ from harness.config.constraints import ConfigError
 from harness.config.settings import SlurmSettings
 from harness.orchestration.jobs import JobResult, JobSpec, file_logger, run_job
 from harness.orchestration.worker import init_worker
-from harness.rundir import DiskWriteError, RunDir, is_locked, job_record, now, update_job_record
+from harness.rundir import (
+    DiskWriteError,
+    RunDir,
+    is_locked,
+    job_record,
+    now,
+    update_job_record,
+)
 
 EXECUTORS = ("inline", "local", "slurm")
 
@@ -127,15 +136,22 @@ class LocalExecutor:
                                  initargs=(self.threads, os.getpid())) as pool:
             try:
                 while waiting or running:
-                    for s in [s for s in waiting if ready(s) or s.teacher in failed]:
+                    for s in [s for s in waiting if s.teacher in failed]:
                         waiting.remove(s)
                         out = _blocked(s, failed)
-                        if out is not None:
-                            failed.add(s.run_id)
-                            outcomes.append(out)
-                            on_done(out)
-                        else:
-                            running[pool.submit(_worker_job, s)] = s
+                        failed.add(s.run_id)
+                        outcomes.append(out)
+                        on_done(out)
+                    # A job is handed to the pool only when a worker is free, the first ready one in the
+                    # order given (the pipeline's: teachers, then the longest): the pool's own queue is
+                    # first come first served, and students, ready only once their teacher finished,
+                    # would otherwise all wait behind every other job and run last, one worker idle.
+                    while len(running) < self.workers:
+                        s = next((s for s in waiting if ready(s)), None)
+                        if s is None:
+                            break
+                        waiting.remove(s)
+                        running[pool.submit(_worker_job, s)] = s
                     if not running:
                         continue
                     done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -91,7 +91,7 @@ def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_
             f"({_where(executor, n_workers, threads)}; + certification)")
     else:
         log(line)
-    specs = [JobSpec.of(p, profile.certify_for(p), runs_root, device=device) for p in todo]
+    specs = schedule([JobSpec.of(p, profile.certify_for(p), runs_root, device=device) for p in todo], weights)
     if train_only:
         specs = [replace(s, certify=None) for s in specs]
     progress = Progress(weights, certify={s.run_id for s in specs if s.certify is not None}, workers=n_workers)
@@ -133,6 +133,24 @@ def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_
     log(f"profile {profile.name} done in {fmt_duration(time.perf_counter() - t0)}"
         + (f"; {len(failures)} run(s) failed: run the same command again to retry them" if failures else ""))
     return 1 if failures else 0
+
+
+def schedule(specs: list[JobSpec], expected_s: dict[str, float]) -> list[JobSpec]:
+    """The order jobs start in: teachers first (their students wait for them), then the longest expected
+    training first (``expected_s``: seconds per run id; a student's cost is its own). Longest first keeps
+    the workers busy to the end instead of leaving one long job running alone; ties keep the plan's order."""
+    teachers = {s.teacher for s in specs if s.teacher}
+    ids = {s.run_id for s in specs}
+    ranked = [s for _, s in sorted(enumerate(specs), key=lambda t: (
+        t[1].run_id not in teachers, -expected_s.get(t[1].run_id, 0.0), t[0]))]
+    out: list[JobSpec] = []
+    placed: set[str] = set()
+    while ranked:  # never a job before its teacher (the inline and SLURM executors rely on it)
+        s = next(s for s in ranked if s.teacher not in ids or s.teacher in placed)
+        ranked.remove(s)
+        out.append(s)
+        placed.add(s.run_id)
+    return out
 
 
 def _where(executor: str, workers: int | None, threads: int | None) -> str:

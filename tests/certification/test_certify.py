@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from harness.certification.cascade import budgeted
 from harness.certification.records import summarize
 from harness.certification.run import certify_paths, certify_run
 from harness.config.profile import load_profile
+from harness.config.settings import CertifySettings
 from harness.orchestration.jobs import set_threads
 from harness.rundir import RunDir
 from harness.runtime.batching import AdaptiveBatches, forget_known_sizes
@@ -143,3 +145,30 @@ def test_autoattack_complete_and_alarm_stages_decide_undecided_samples(mlp_run, 
     assert s["unknown"] == pytest.approx(100 * counts["unknown"] / 120)
     assert s["aa_acc"] <= s["pgd_acc"] + 1e-9
     assert not list(mlp_run.path.glob("*.partial.*"))
+
+
+def test_pgd_left_out_on_certified_samples_gives_the_same_records(mlp_run, tmp_path, monkeypatch):
+    """``pgd_on_certified = false``: PGD attacks only the correct samples that IBP / CROWN-IBP left
+    undecided, and the records are those of attacking every correct sample (a certified one is robust)."""
+    run = RunDir(tmp_path / mlp_run.path.name)
+    shutil.copytree(mlp_run.path, run.path)
+    every = CertifySettings(n_test=300, pgd_steps=10, pgd_restarts=1, batch_size=100)
+    fewer = replace(every, pgd_on_certified=False)
+    assert fewer.key != every.key and "pgd_on_certified" not in every.to_dict()
+    attacked: list[int] = []
+    real_pgd = cascade_module.pgd_robust
+
+    def counting(model, x, *args, **kw):
+        attacked.append(len(x))
+        return real_pgd(model, x, *args, **kw)
+
+    monkeypatch.setattr(cascade_module, "pgd_robust", counting)
+    ref = certify_run(run, every, device="cpu", log=lambda _: None)
+    correct = ref["clean_pred"] == ref["label"]
+    assert sum(attacked) == int(correct.sum())
+    attacked.clear()
+    mine = certify_run(run, fewer, device="cpu", log=lambda _: None)
+    certified = (ref["cert_crown_ibp"] == 1) | (ref["cert_ibp"] == 1)
+    assert certified.sum() > 10 and sum(attacked) == int((correct & ~certified).sum())
+    assert mine["pgd_robust"].tolist() == ref["pgd_robust"].tolist()
+    assert summarize(mine)["pgd_acc"] == summarize(ref)["pgd_acc"]

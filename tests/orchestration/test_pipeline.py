@@ -11,7 +11,8 @@ import pytest
 from harness.certification.records import CERTIFIERS, InvariantError, check_invariants, col, margin_col, summarize
 from harness.certification.run import certify_paths
 from harness.config.profile import load_profile
-from harness.orchestration.pipeline import reproduce
+from harness.orchestration.jobs import JobSpec
+from harness.orchestration.pipeline import reproduce, schedule
 from harness.report.tables import SUMMARY_COLUMNS, build_tables
 from harness.rundir import RunDir
 
@@ -227,3 +228,15 @@ def test_a_settings_own_certification_values_are_applied_and_tabled(smoke, tmp_p
     assert set(summary["n_test"]) == {60} and set(summary["n_crown"]) == {0}
     for p in profile.plan():
         assert certify_paths(RunDir.of(p.cfg, runs), own)[0].exists()
+
+
+def test_schedule_starts_teachers_then_the_longest_and_never_a_student_first():
+    def spec(rid, teacher=None):
+        return JobSpec(run_id=rid, config={}, certify=None, runs_root="runs", teacher=teacher)
+
+    specs = [spec("std"), spec("ibp"), spec("pgd"), spec("student", "pgd"), spec("big-teacher", "pgd"),
+             spec("student2", "big-teacher")]
+    expected = {"std": 30, "ibp": 100, "pgd": 200, "student": 400, "big-teacher": 500, "student2": 600}
+    order = [s.run_id for s in schedule(specs, expected)]
+    assert order == ["pgd", "big-teacher", "student2", "student", "ibp", "std"]
+    assert [s.run_id for s in schedule(specs, {})][:2] == ["pgd", "big-teacher"]
