@@ -56,13 +56,15 @@ clean-runs:
 	rm -rf runs
 
 # The whole VNN-COMP 2022 mnist_fc benchmark (90 instances; clone it first, see tests/data/vnncomp/SOURCE.md)
-# through `harness verify`, one core, each instance capped at VERIFY_CAP seconds (the issue's target: 60):
-# results/vnncomp/results.csv (per instance), comparison.csv and summary.csv (decided / agree /
-# disagree, ours beside every official tool's). Up to 90 x VERIFY_CAP seconds.
+# through `harness verify`, one core per instance, VERIFY_JOBS instances at a time (default: one per
+# core), each capped at VERIFY_CAP seconds (the issue's target: 60): results/vnncomp/results.csv (per
+# instance), comparison.csv and summary.csv (decided / agree / disagree, ours beside every official
+# tool's). Up to 90 x VERIFY_CAP / VERIFY_JOBS seconds.
 VNNCOMP_MNIST_FC ?= vnncomp2022_benchmarks/benchmarks/mnist_fc
 VERIFY_CAP ?= 60
+VERIFY_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
 verify-bench: setup
 	@test -f $(VNNCOMP_MNIST_FC)/instances.csv || { echo "error: no $(VNNCOMP_MNIST_FC)/instances.csv; git clone https://github.com/ChristopherBrix/vnncomp2022_benchmarks (or set VNNCOMP_MNIST_FC=...)"; exit 1; }
-	OMP_NUM_THREADS=1 $(PY) -m harness verify --instances $(VNNCOMP_MNIST_FC)/instances.csv --timeout-cap $(VERIFY_CAP) \
+	OMP_NUM_THREADS=1 $(PY) -m harness verify --instances $(VNNCOMP_MNIST_FC)/instances.csv --timeout-cap $(VERIFY_CAP) --jobs $(VERIFY_JOBS) \
 		--official tests/data/vnncomp/mnist_fc/official.csv --out results/vnncomp

@@ -121,6 +121,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return _err("give NET.onnx PROP.vnnlib, or --instances instances.csv (a VNN-COMP benchmark folder)")
     from harness.orchestration.jobs import set_threads
 
+    if args.jobs < 1:
+        return _err(f"--jobs must be at least 1, got {args.jobs}")
     loaded = load_instances(instances)  # every file checked before anything is written
     if args.limit:
         loaded = loaded[:args.limit]
@@ -130,7 +132,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     # caller's thread count is restored (main() also runs in-process, e.g. from the tests)
     previous = set_threads(args.threads)
     try:
-        rows = run_instances(loaded, out, settings=settings, timeout_cap=args.timeout_cap)
+        rows = run_instances(loaded, out, settings=settings, timeout_cap=args.timeout_cap, jobs=args.jobs)
     finally:
         set_threads(previous)
     if args.official:
@@ -303,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--limit", type=int, help="only the first N instances")
     vf.add_argument("--no-autoattack", action="store_true", help="skip the AutoAttack stage")
     vf.add_argument("--threads", type=int, default=1, help="torch threads (default 1; HiGHS always runs on one)")
+    vf.add_argument("--jobs", type=int, default=1,
+                    help="instances verified at a time, each in its own process on one thread (default 1)")
     vf.add_argument("--official", help="official.csv to compare with (writes comparison.csv and summary.csv)")
     vf.add_argument("--out", default="verify-out", help="folder for results.csv and counterexamples")
     vf.set_defaults(fn=cmd_verify)

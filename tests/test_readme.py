@@ -164,12 +164,13 @@ def test_speed_table_is_the_committed_benchmark():
     assert shown_between(README_BEGIN, README_END) == readme_speed_table(committed_csv("results/bench_train.csv"))
 
 
-@pytest.mark.parametrize("name", ["paired", "hypervolume", "ablations"])
-def test_tradeoff_tables_are_the_committed_ones(name):
+@pytest.mark.parametrize("profile, name", [("tradeoff", "paired"), ("tradeoff", "hypervolume"),
+                                           ("tradeoff", "ablations"), ("cpu", "paired"), ("cpu", "paired_cc_dist")])
+def test_paired_and_tradeoff_tables_are_the_committed_ones(profile, name):
     from harness.report.tradeoff import readme_markers, readme_table
 
-    begin, end = readme_markers(name)
-    assert shown_between(begin, end) == readme_table(name, committed_csv(f"results/tradeoff/{name}.csv"))
+    begin, end = readme_markers(name, profile)
+    assert shown_between(begin, end) == readme_table(name, committed_csv(f"results/{profile}/{name}.csv"))
 
 
 def test_paths_and_names_exist():

@@ -9,12 +9,25 @@ standard accuracy"; the summary_mean table gives the mean drop with its 95% t-in
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from harness.report.stats import t_interval
 
 #: What pairs a run with its standard-training run.
 PAIR_KEYS = ["profile", "dataset", "eps", "arch", "seed"]
+#: The paper's bound on the clean drop, in points.
+LIMIT = 5.0
+
+
+def within_limit(mean: float, low: float, high: float, limit: float = LIMIT) -> str:
+    """The 5-point test on a mean drop and its 95% interval: ``yes`` (the whole interval is below the
+    limit), ``no`` (the whole interval is above it), ``not resolved`` (the interval straddles it, or
+    there is no interval: fewer than two seeds)."""
+    if math.isnan(mean) or math.isnan(low) or math.isnan(high):
+        return "not resolved"
+    return "yes" if high < limit else "no" if low > limit else "not resolved"
 
 
 def add_clean_drop(summary: pd.DataFrame) -> pd.DataFrame:

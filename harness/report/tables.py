@@ -33,7 +33,7 @@ from harness.certification.run import certify_paths, is_certified
 from harness.config.profile import Profile, load_profile
 from harness.config.settings import BENCHMARKS, REPO, RUNS
 from harness.data import DatasetUnavailableError, ensure_dataset
-from harness.report.clean_drop import add_clean_drop, clean_drop_means
+from harness.report.clean_drop import LIMIT, add_clean_drop, clean_drop_means, within_limit
 from harness.report.markdown import markdown_table
 from harness.report.tradeoff import tradeoff_tables
 from harness.rundir import RunDir, atomic_write_text, remove_stale_temporaries
@@ -186,13 +186,15 @@ def readme_results_table(agg: pd.DataFrame, profile: Profile) -> str:
     Rows follow the profile's order of settings and methods. "robust accuracy" on the whole test set
     is bounded below by every certificate (IBP, CROWN-IBP, CROWN, alpha-CROWN, the MILP, each within
     its budget) and above by every attack (PGD, AutoAttack within its budget, the MILP's
-    counterexamples); "unknown" is the gap (0: the exact robust accuracy). ``tests/test_readme.py``
-    checks that the README shows exactly this table for the committed results.
+    counterexamples); "unknown" is the gap (0: the exact robust accuracy); the clean drop is against
+    the standard run of the same seed, with the paper's 5-point test on its 95% interval
+    (:func:`harness.report.clean_drop.within_limit`). ``tests/test_readme.py`` checks that the
+    README shows exactly this table for the committed results.
     """
     steps = {profile.certify_for(s).pgd_steps for s in profile.settings}
     pgd = f"PGD-{steps.pop()}" if len(steps) == 1 else "PGD"  # settings may set their own steps
     head = ["dataset", "eps", "method", "clean", pgd, "IBP + CROWN-IBP",
-            "robust accuracy (certified to not broken)", "unknown"]
+            "robust accuracy (certified to not broken)", "unknown", f"clean drop [95% CI], within {LIMIT:g}?"]
     variant = agg["variant"].astype(object).fillna("") if "variant" in agg else ""
     mine = agg[(agg["profile"] == profile.name) & (variant == "")]
 
@@ -210,6 +212,9 @@ def readme_results_table(agg: pd.DataFrame, profile: Profile) -> str:
             robust = pm(r, "robust_lower")
             if r["unknown_mean"] > 0:
                 robust = f"{r['robust_lower_mean']:.2f} to {r['robust_upper_mean']:.2f}"
+            drop = "" if method == "standard" else (
+                f"{r['clean_drop_mean']:+.2f} [{r['clean_drop_ci_low']:+.2f}, {r['clean_drop_ci_high']:+.2f}], "
+                f"{within_limit(r['clean_drop_mean'], r['clean_drop_ci_low'], r['clean_drop_ci_high'])}")
             rows.append([s.dataset, s.eps_label, method, pm(r, "clean_acc"), pm(r, "pgd_acc"),
-                         pm(r, col("crown-ibp")), robust, f"{r['unknown_mean']:.2f}"])
+                         pm(r, col("crown-ibp")), robust, f"{r['unknown_mean']:.2f}", drop])
     return markdown_table(pd.DataFrame(rows, columns=head))

@@ -11,6 +11,10 @@ ones left open:
     alpha-crown auto_LiRPA's alpha-CROWN, float64; its intermediate bounds cut unstable ReLUs
     autoattack  AutoAttack standard (:func:`harness.attacks.autoattack.autoattack`): after the
             bounds because it costs ~10 s per robust instance on one core, more than alpha-CROWN
+    lp      the unstable ReLU inputs of the second and later layers bounded by LP over the layers
+            before them (:func:`harness.bounds.tighten.lp_tightened_bounds`, each bound a float64
+            Lagrangian dual bound, sound whatever the solver's tolerances), within a share of the
+            time left: fewer unstable ReLUs and smaller big-M constants for the MILP
     milp    the complete MILP of :mod:`harness.bounds.complete` (:func:`verify_box`) on the
             intersected intermediate bounds, with the attacks' best margins for the band check
 
@@ -59,11 +63,12 @@ from harness.bounds.complete import CompleteResult, verify_box
 from harness.bounds.ibp import ibp_bounds
 from harness.bounds.milp import MILPNetwork, intersect_relu_bounds
 from harness.bounds.spec import spec_matrix
+from harness.bounds.tighten import lp_tightened_bounds
 
 __all__ = ["STAGES", "Box", "VerificationResult", "VerifySettings", "Verifier"]
 
 #: The stages in the order they run.
-STAGES = ("clean", "pgd", "ibp", "crown", "alpha-crown", "autoattack", "milp")
+STAGES = ("clean", "pgd", "ibp", "crown", "alpha-crown", "autoattack", "lp", "milp")
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ class VerifySettings:
     alpha_crown: bool = True
     alpha_iterations: int = 20
     milp: bool = True
+    # share of the time left before the MILP that LP tightening may take (0: no tightening)
+    lp_tighten_share: float = 0.5
     seed: int = 0
 
 
@@ -322,11 +329,21 @@ class Verifier:
                                          f"band {band:.3g}) and the MILP is off", band=band, margins=margins())
         if left() <= 0:
             return done("timeout", last, "the time limit was spent before the MILP", band=band, margins=margins())
-        t = time.perf_counter()
         olo, ohi = box.outer
+        tightening = ""
+        if s.lp_tighten_share > 0 and len(bounds) > 1 and not self._cannot_clear(seen, band):
+            t = time.perf_counter()
+            bounds, tightening = self._lp_tighten(bounds, olo, ohi, band, left() * s.lp_tighten_share)
+            times["lp"] = time.perf_counter() - t
+            if left() <= 0:
+                return done("timeout", "lp", f"the time limit was spent tightening ({tightening})", band=band,
+                            margins=margins())
+        t = time.perf_counter()
         res = verify_box(self.net, self.model, olo, ohi, label, bounds, band=band, margin_lower=best, box32=inner,
                          node_limit=10 ** 9, time_limit_s=left(), threads=1, attack_margins=seen)
         times["milp"] = time.perf_counter() - t
+        if tightening:
+            res.reason = f"{tightening}; {res.reason}" if res.reason else tightening
         for c in res.classes:
             best_j = max(float(best[c.target - (c.target > label)]), c.lower_bound)
             best[c.target - (c.target > label)] = best_j
@@ -342,6 +359,32 @@ class Verifier:
                         band=band, margins=margins(), complete=res)
         status = "timeout" if res.wall_clock_limited else "unknown"
         return done(status, "milp", res.reason, band=band, margins=margins(), complete=res)
+
+    @staticmethod
+    def _cannot_clear(seen: dict[int, float], band: float) -> bool:
+        """Whether an attack already found a point whose margin no proof can clear (the MILP says so at once)."""
+        return any(m <= band for m in seen.values())
+
+    def _lp_tighten(self, bounds, lo: np.ndarray, hi: np.ndarray, band: float,
+                    time_limit_s: float) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
+        """``bounds`` with the unstable neurons of layers 2+ tightened by LP, and a line of statistics.
+
+        The LP is built on the bounds widened by ``band`` (as the MILP widens them: they then contain
+        every reachable pre-activation), and its results are rigorous bounds of that program. A neuron
+        keeps the caller's bound unless LP improved on the widened one: :func:`verify_box` widens what
+        it gets by ``band`` once more, which only loosens a bound.
+        """
+        flat = [(l.detach().double().reshape(-1).cpu().numpy(), u.detach().double().reshape(-1).cpu().numpy())
+                for l, u in bounds]
+        widened = [(l - band, u + band) for l, u in flat]
+        tightened, st = lp_tightened_bounds(self.net, lo, hi, widened, threads=1, time_limit_s=max(time_limit_s, 0.0))
+        out = []
+        for (l0, u0), (lw, uw), (lt, ut), shape in zip(flat, widened, tightened, self.net.relu_shapes):
+            out.append((torch.from_numpy(np.where(lt > lw, lt, l0)).view(shape),
+                        torch.from_numpy(np.where(ut < uw, ut, u0)).view(shape)))
+        line = (f"LP-tightened bounds ({st['lps']} LPs, unstable {st['unstable_before']} -> {st['unstable_after']} "
+                f"in layers 2+, {st['time_s']:.1f}s)")
+        return out, line
 
     # --------------------------------------------------------------------------------------- attacks
     def _pgd(self, inner, label: int, found) -> VerificationResult | None:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from harness.config.profile import load_profile
-from harness.report.clean_drop import add_clean_drop, clean_drop_means
+from harness.report.clean_drop import add_clean_drop, clean_drop_means, within_limit
 from harness.report.stats import hypervolume, paired_difference, paired_p_value, pairs_needed
 from harness.report.tables import SUMMARY_COLUMNS, profile_tables
 from harness.report.tradeoff import run_items
@@ -147,3 +147,38 @@ def test_pareto_figure_shows_every_method_in_panels(synthetic, tmp_path):
     assert {"ibp", "crown_ibp", "sabr", "mtl_ibp", "ad_cert", "cc_dist"} <= shown
     paired_plot(tables["paired_cc_dist"], "mnist eps 0.1", tmp_path / "paired_cc_dist.png")
     assert (tmp_path / "paired_cc_dist.png").exists()
+
+
+def test_a_profile_without_sweeps_gets_its_paired_tables_and_no_curve_tables(tmp_path):
+    """The cpu and distill profiles have one alpha: AD-CERT is still paired by seed with MTL-IBP and CC-DIST
+    (the paper's comparison), per setting, and there are no curves to take areas of."""
+    path = tmp_path / "one-alpha.toml"
+    path.write_text(PROFILE.replace('alpha = [0.3, 0.7]', 'alpha = 0.5').replace('box_ratio = [0.2, 0.6]',
+                                                                                 'box_ratio = 0.4')
+                    .replace('synthetic-distill', 'one-alpha'))
+    profile = load_profile(path)
+    rows = []
+    for p in profile.plan():
+        clean, cert = _numbers(p.cfg.method, math.nan, p.cfg.seed)
+        rows.append({"profile": profile.name, "dataset": "mnist", "eps": 0.1, "eps_label": "0.1",
+                     "method": p.cfg.method, "variant": p.variant, "arch": p.cfg.arch, "seed": p.cfg.seed,
+                     "status": "ok", "n_test": 100, "clean_acc": clean, "pgd_acc": clean - 1, "cert_ibp": cert,
+                     "cert_crown_ibp": cert, "train_time_s": 60.0, "run_id": p.run_id, "epochs": 1})
+    tables = profile_tables(profile, pd.DataFrame(rows, columns=SUMMARY_COLUMNS))
+    assert {"paired", "paired_cc_dist"} <= set(tables) and not {"hypervolume", "costs"} & set(tables)
+    row = tables["paired_cc_dist"].iloc[0]
+    a = [_numbers("ad_cert", math.nan, s)[1] for s in (0, 1, 2)]
+    b = [_numbers("cc_dist", math.nan, s)[1] for s in (0, 1, 2)]
+    assert row["alpha"] == 0.5 and row["n_seeds"] == 3
+    assert row["diff_certified_mean"] == pytest.approx(paired_difference(a, b).mean)
+    # without CC-DIST runs there is nothing to pair it with
+    no_cc = profile_tables(profile, pd.DataFrame([r for r in rows if r["method"] != "cc_dist"], columns=SUMMARY_COLUMNS))
+    assert "paired" in no_cc and "paired_cc_dist" not in no_cc
+
+
+def test_the_five_point_test_needs_the_whole_interval_on_one_side():
+    assert within_limit(1.0, 0.5, 1.5) == "yes"
+    assert within_limit(6.0, 5.5, 6.5) == "no"
+    assert within_limit(4.0, 2.0, 6.0) == "not resolved"   # straddles 5
+    assert within_limit(1.0, math.nan, math.nan) == "not resolved"  # one seed: no interval
+    assert within_limit(5.0, 4.9, 5.0) == "not resolved"   # not below the limit

@@ -109,3 +109,39 @@ def test_one_pass_gives_the_margin_and_relu_bounds_of_two():
     assert torch.equal(margins, lirpa.lirpa_margin_bounds(model, x, y, 0.05, "crown"))
     for (l1, u1), (l2, u2) in zip(relu, lirpa.lirpa_relu_bounds(model, x, y, 0.05, "crown")):
         assert torch.equal(l1, l2) and torch.equal(u1, u2)
+
+
+def test_lp_stage_tightens_deep_relu_bounds_and_keeps_every_reachable_value():
+    """The LP stage: never looser than the bounds it gets, strictly tighter somewhere on a 3-layer net, and
+    every pre-activation of points sampled in the box (corners included) inside what it returns."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(),
+                          nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 4)).eval()
+    v = Verifier(model, (1, 4, 4))
+    g = torch.Generator().manual_seed(0)
+    centre = torch.rand(1, 1, 4, 4, generator=g)
+    lo, hi = (centre - 0.15).clamp(0, 1).double(), (centre + 0.15).clamp(0, 1).double()
+    with torch.no_grad():
+        ibp = ibp_bounds(v.model64, lo, hi).preact
+    band = 1e-9
+    tightened, line = v._lp_tighten(ibp, lo.numpy().reshape(-1), hi.numpy().reshape(-1), band, 60.0)
+    assert "LP-tightened bounds" in line
+    gained = 0.0
+    for (l0, u0), (l1, u1) in zip(ibp, tightened):
+        l0, u0 = l0.reshape(-1), u0.reshape(-1)
+        l1, u1 = l1.reshape(-1), u1.reshape(-1)
+        assert bool((l1 >= l0 - band).all() and (u1 <= u0 + band).all())
+        gained += float((u0 - l0).sum() - (u1 - l1).sum())
+    assert gained > 1.0
+    x = torch.cat([lo + (hi - lo) * torch.rand(20000, 1, 4, 4, generator=g, dtype=torch.float64),
+                   torch.where(torch.rand(2000, 1, 4, 4, generator=g) < 0.5, lo, hi)])
+    h = x.reshape(len(x), -1)
+    k = 0
+    with torch.no_grad():
+        for layer in v.model64[1:]:
+            h = layer(h)
+            if isinstance(layer, nn.Linear) and k < len(tightened):
+                l1, u1 = (t.reshape(-1) for t in tightened[k])
+                assert bool((h >= l1 - 1e-12).all() and (h <= u1 + 1e-12).all()), k
+                k += 1
+    assert k == 3
