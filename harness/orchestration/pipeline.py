@@ -91,7 +91,9 @@ def reproduce(profile_name: str | Path | Profile, *, device: str = "auto", runs_
             f"({_where(executor, n_workers, threads)}; + certification)")
     else:
         log(line)
-    specs = schedule([JobSpec.of(p, profile.certify_for(p), runs_root, device=device) for p in todo], weights)
+    specs = [JobSpec.of(p, profile.certify_for(p), runs_root, device=device) for p in todo]
+    if executor == "local":  # only where jobs share workers: inline runs the plan's order, SLURM queues all at once
+        specs = schedule(specs, weights)
     if train_only:
         specs = [replace(s, certify=None) for s in specs]
     progress = Progress(weights, certify={s.run_id for s in specs if s.certify is not None}, workers=n_workers)
