@@ -37,7 +37,7 @@ from harness.bounds.complete import CompleteResult, verify_sample
 from harness.bounds.milp import MILPNetwork, build_program
 from harness.threat_model import outward_box64
 
-__all__ = ["lp_tightened_bounds", "safe_dual_bound", "verify_with_lp_bounds"]
+__all__ = ["flat_bounds", "lp_tightened_bounds", "safe_dual_bound", "tightened_for_milp", "verify_with_lp_bounds"]
 
 
 def safe_dual_bound(cost: np.ndarray, matrix: sp.csc_matrix, row_lower: np.ndarray, row_upper: np.ndarray,
@@ -123,38 +123,56 @@ def lp_tightened_bounds(net: MILPNetwork, lo: np.ndarray, hi: np.ndarray,
     return out, stats
 
 
+def flat_bounds(relu_bounds) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per ReLU layer, its (lower, upper) bounds (tensors or arrays, any shape) as flat float64 arrays."""
+    return [(torch.as_tensor(l).detach().double().cpu().reshape(-1).numpy(),
+             torch.as_tensor(u).detach().double().cpu().reshape(-1).numpy()) for l, u in relu_bounds]
+
+
+def tightened_for_milp(net: MILPNetwork, lo: np.ndarray, hi: np.ndarray, flat: list[tuple[np.ndarray, np.ndarray]],
+                       band: float, *, threads: int = 1,
+                       time_limit_s: float = 600.0) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
+    """(bounds for a MILP that widens what it gets by ``band``, a line of the tightening's statistics).
+
+    ``flat`` (:func:`flat_bounds`) is widened by ``band`` so that it contains every reachable
+    pre-activation, and tightened by :func:`lp_tightened_bounds` over the box [lo, hi]. Each neuron gets
+    the caller's bound where LP did not improve on the widened one (widened twice, a neuron near 0 would
+    turn unstable) and LP's rigorous bound where it did (widened once more by the MILP, which only
+    loosens it); shaped like the network's ReLU layers.
+    """
+    widened = [(l - band, u + band) for l, u in flat]
+    tightened, stats = lp_tightened_bounds(net, lo, hi, widened, threads=threads, time_limit_s=time_limit_s)
+    shaped = []
+    for (l0, u0), (lw, uw), (lt, ut), s in zip(flat, widened, tightened, net.relu_shapes):
+        shaped.append((torch.from_numpy(np.where(lt > lw, lt, l0)).view(s),
+                       torch.from_numpy(np.where(ut < uw, ut, u0)).view(s)))
+    line = (f"LP-tightened bounds ({stats['lps']} LPs, unstable {stats['unstable_before']} -> "
+            f"{stats['unstable_after']} in layers 2+, {stats['time_s']:.1f}s)")
+    return shaped, line
+
+
 def verify_with_lp_bounds(net: MILPNetwork, model, x, y: int, eps: float, relu_bounds, *, margin_lower=None,
                           node_limit: int = 10_000, time_limit_s: float = 300.0, threads: int = 1) -> CompleteResult:
     """:func:`harness.bounds.complete.verify_sample` on bounds tightened by :func:`lp_tightened_bounds` first.
 
     ``relu_bounds`` (float32 or float64 tensors per ReLU, as verify_sample takes them) are widened by the
-    sample's rounding band exactly as verify_sample widens them and tightened by LP; verify_sample then gets
-    the caller's bounds where LP did not improve them (it widens them itself) and the LP's bounds where it
-    did (widened once more by verify_sample, which only loosens them). ``time_limit_s`` covers both. Returns
-    verify_sample's result with ``reason`` prefixed by the tightening's statistics.
+    sample's rounding band exactly as verify_sample widens them and tightened by LP
+    (:func:`tightened_for_milp`). ``time_limit_s`` covers both. Returns verify_sample's result with
+    ``reason`` prefixed by the tightening's statistics.
     """
     start = time.perf_counter()
     x = x.reshape((1,) + tuple(net.in_shape))
     yb = torch.tensor([int(y)])
-    flat = [(torch.as_tensor(l).detach().double().cpu().reshape(-1).numpy(),
-             torch.as_tensor(u).detach().double().cpu().reshape(-1).numpy()) for l, u in relu_bounds]
+    flat = flat_bounds(relu_bounds)
     ml = None if margin_lower is None else margin_lower.detach().reshape(1, -1)
     scale = float(rounding_scale(model, x, yb, eps, ml)[0])
     scale = max([scale] + [float(np.abs(b[np.isfinite(b)]).max(initial=0.0)) for pair in flat for b in pair])
     band = float(fp_tolerance(torch.tensor(scale, dtype=torch.float64), torch.float32))
-    widened = [(l - band, u + band) for l, u in flat]
     lo, hi = outward_box64(x[0], eps)
-    tightened, stats = lp_tightened_bounds(net, lo, hi, widened, threads=threads, time_limit_s=time_limit_s)
-    # verify_sample widens what it is given by the band: give it the caller's bounds where LP did not
-    # tighten them (widened twice, a neuron near 0 would turn unstable) and the LP's rigorous bounds elsewhere
-    shaped = []
-    for (l0, u0), (lw, uw), (lt, ut), s in zip(flat, widened, tightened, net.relu_shapes):
-        lo_, hi_ = np.where(lt > lw, lt, l0), np.where(ut < uw, ut, u0)
-        shaped.append((torch.from_numpy(lo_).view(s), torch.from_numpy(hi_).view(s)))
+    shaped, line = tightened_for_milp(net, lo, hi, flat, band, threads=threads, time_limit_s=time_limit_s)
     left = max(time_limit_s - (time.perf_counter() - start), 0.0)
     r = verify_sample(net, model, x[0], int(y), eps, shaped, margin_lower=margin_lower, node_limit=node_limit,
                       time_limit_s=max(left, 1e-3), threads=threads)
-    r.reason = (f"LP-tightened bounds ({stats['lps']} LPs, unstable {stats['unstable_before']} -> "
-                f"{stats['unstable_after']} in layers 2+, {stats['time_s']:.1f}s)" + (f"; {r.reason}" if r.reason else ""))
+    r.reason = line + (f"; {r.reason}" if r.reason else "")
     r.time_s = time.perf_counter() - start
     return r

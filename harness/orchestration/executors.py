@@ -35,14 +35,7 @@ from harness.config.constraints import ConfigError
 from harness.config.settings import SlurmSettings
 from harness.orchestration.jobs import JobResult, JobSpec, file_logger, run_job
 from harness.orchestration.worker import init_worker
-from harness.rundir import (
-    DiskWriteError,
-    RunDir,
-    is_locked,
-    job_record,
-    now,
-    update_job_record,
-)
+from harness.rundir import DiskWriteError, RunDir, is_locked, job_record, now, update_job_record
 
 EXECUTORS = ("inline", "local", "slurm")
 

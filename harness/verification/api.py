@@ -63,7 +63,7 @@ from harness.bounds.complete import CompleteResult, verify_box
 from harness.bounds.ibp import ibp_bounds
 from harness.bounds.milp import MILPNetwork, intersect_relu_bounds
 from harness.bounds.spec import spec_matrix
-from harness.bounds.tighten import lp_tightened_bounds
+from harness.bounds.tighten import flat_bounds, tightened_for_milp
 
 __all__ = ["STAGES", "Box", "VerificationResult", "VerifySettings", "Verifier"]
 
@@ -333,7 +333,9 @@ class Verifier:
         tightening = ""
         if s.lp_tighten_share > 0 and len(bounds) > 1 and not self._cannot_clear(seen, band):
             t = time.perf_counter()
-            bounds, tightening = self._lp_tighten(bounds, olo, ohi, band, left() * s.lp_tighten_share)
+            # the LP is built on the bounds widened by the band, as the MILP widens them
+            bounds, tightening = tightened_for_milp(self.net, olo, ohi, flat_bounds(bounds), band, threads=1,
+                                                    time_limit_s=max(left() * s.lp_tighten_share, 0.0))
             times["lp"] = time.perf_counter() - t
             if left() <= 0:
                 return done("timeout", "lp", f"the time limit was spent tightening ({tightening})", band=band,
@@ -364,27 +366,6 @@ class Verifier:
     def _cannot_clear(seen: dict[int, float], band: float) -> bool:
         """Whether an attack already found a point whose margin no proof can clear (the MILP says so at once)."""
         return any(m <= band for m in seen.values())
-
-    def _lp_tighten(self, bounds, lo: np.ndarray, hi: np.ndarray, band: float,
-                    time_limit_s: float) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
-        """``bounds`` with the unstable neurons of layers 2+ tightened by LP, and a line of statistics.
-
-        The LP is built on the bounds widened by ``band`` (as the MILP widens them: they then contain
-        every reachable pre-activation), and its results are rigorous bounds of that program. A neuron
-        keeps the caller's bound unless LP improved on the widened one: :func:`verify_box` widens what
-        it gets by ``band`` once more, which only loosens a bound.
-        """
-        flat = [(l.detach().double().reshape(-1).cpu().numpy(), u.detach().double().reshape(-1).cpu().numpy())
-                for l, u in bounds]
-        widened = [(l - band, u + band) for l, u in flat]
-        tightened, st = lp_tightened_bounds(self.net, lo, hi, widened, threads=1, time_limit_s=max(time_limit_s, 0.0))
-        out = []
-        for (l0, u0), (lw, uw), (lt, ut), shape in zip(flat, widened, tightened, self.net.relu_shapes):
-            out.append((torch.from_numpy(np.where(lt > lw, lt, l0)).view(shape),
-                        torch.from_numpy(np.where(ut < uw, ut, u0)).view(shape)))
-        line = (f"LP-tightened bounds ({st['lps']} LPs, unstable {st['unstable_before']} -> {st['unstable_after']} "
-                f"in layers 2+, {st['time_s']:.1f}s)")
-        return out, line
 
     # --------------------------------------------------------------------------------------- attacks
     def _pgd(self, inner, label: int, found) -> VerificationResult | None:

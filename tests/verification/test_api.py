@@ -14,6 +14,7 @@ from torch import nn
 from harness.bounds.complete import verify_box
 from harness.bounds.ibp import ibp_bounds
 from harness.bounds.milp import MILPNetwork
+from harness.bounds.tighten import flat_bounds, tightened_for_milp
 from harness.models import Normalize
 from harness.verification import Box, Verifier, VerifySettings
 
@@ -124,7 +125,8 @@ def test_lp_stage_tightens_deep_relu_bounds_and_keeps_every_reachable_value():
     with torch.no_grad():
         ibp = ibp_bounds(v.model64, lo, hi).preact
     band = 1e-9
-    tightened, line = v._lp_tighten(ibp, lo.numpy().reshape(-1), hi.numpy().reshape(-1), band, 60.0)
+    tightened, line = tightened_for_milp(v.net, lo.numpy().reshape(-1), hi.numpy().reshape(-1), flat_bounds(ibp),
+                                         band, time_limit_s=60.0)
     assert "LP-tightened bounds" in line
     gained = 0.0
     for (l0, u0), (l1, u1) in zip(ibp, tightened):
