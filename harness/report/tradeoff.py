@@ -211,7 +211,7 @@ def tradeoff_tables(profile: Profile, summary: pd.DataFrame) -> dict[str, pd.Dat
     methods = {it["method"] for it in items}
     attack = attack_column(summary[summary["status"] == "ok"])
     tables = {name: paired_table(items, attack, method, baseline) for method, baseline, name in COMPARISONS
-              if (sweeps and name == "paired") or {method, baseline} <= methods}
+              if {method, baseline} <= methods}
     if sweeps:
         tables.update({"hypervolume": hypervolume_table(items), "costs": costs_table(items, plan)})
         if profile.ablations is not None:

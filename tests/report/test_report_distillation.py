@@ -176,6 +176,26 @@ def test_a_profile_without_sweeps_gets_its_paired_tables_and_no_curve_tables(tmp
     assert "paired" in no_cc and "paired_cc_dist" not in no_cc
 
 
+def test_a_sweep_without_mtl_ibp_gets_no_empty_mtl_ibp_table(tmp_path):
+    """The distill profile sweeps alpha for AD-CERT and CC-DIST only: its curves and the CC-DIST pairs per
+    alpha, and no AD-CERT - MTL-IBP table (an empty one would be written as a header-only CSV)."""
+    path = tmp_path / "no-mtl.toml"
+    path.write_text(PROFILE.replace('synthetic-distill', 'no-mtl'))
+    profile = load_profile(path)
+    rows = []
+    for p in profile.plan():
+        if p.cfg.method == "mtl_ibp":
+            continue
+        clean, cert = _numbers(p.cfg.method, p.cfg.params.get("alpha", math.nan), p.cfg.seed)
+        rows.append({"profile": profile.name, "dataset": "mnist", "eps": 0.1, "eps_label": "0.1",
+                     "method": p.cfg.method, "variant": p.variant, "arch": p.cfg.arch, "seed": p.cfg.seed,
+                     "status": "ok", "n_test": 100, "clean_acc": clean, "pgd_acc": clean - 1, "cert_ibp": cert,
+                     "cert_crown_ibp": cert, "train_time_s": 60.0, "run_id": p.run_id, "epochs": 1})
+    tables = profile_tables(profile, pd.DataFrame(rows, columns=SUMMARY_COLUMNS))
+    assert "paired" not in tables and {"paired_cc_dist", "hypervolume", "costs"} <= set(tables)
+    assert sorted(tables["paired_cc_dist"]["alpha"]) == [0.3, 0.7]
+
+
 def test_the_five_point_test_needs_the_whole_interval_on_one_side():
     assert within_limit(1.0, 0.5, 1.5) == "yes"
     assert within_limit(6.0, 5.5, 6.5) == "no"
