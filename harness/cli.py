@@ -102,7 +102,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     run = RunDir(path if path.is_dir() else (Path(args.runs) if args.runs else RUNS) / args.run)
     if not run.config.exists():
         return _err(f"no run {args.run!r} (looked for {run.config})")
-    print(export_run(run, Path(args.out), n=args.n, timeout_s=args.timeout))
+    try:
+        out = export_run(run, Path(args.out), n=args.n, timeout_s=args.timeout, undecided=args.undecided,
+                         certify_key=args.certify_key)
+    except ValueError as e:
+        return _err(str(e))
+    print(out)
     return 0
 
 
@@ -291,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="a run as ONNX + VNN-LIB + instances.csv (exports/<run-id>/)")
     ex.add_argument("run", help="run id (under runs/) or run directory")
     ex.add_argument("--n", type=int, default=10, help="test samples to write properties for (the first N)")
+    ex.add_argument("--undecided", action="store_true",
+                    help="the first N samples the run's certification left undecided instead (hard cases)")
+    ex.add_argument("--certify-key", help="which certification's records --undecided reads (if the run has several)")
     ex.add_argument("--timeout", type=float, default=60.0, help="timeout per instance in instances.csv (s)")
     ex.add_argument("--out", default="exports", help="exports folder (default: exports/)")
     common(ex, device=False)

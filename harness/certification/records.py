@@ -70,6 +70,16 @@ def _broken(df: pd.DataFrame) -> pd.Series:
     return pd.Series(broken_rule(df["pgd_robust"].to_numpy(), aa, cx), index=df.index)
 
 
+def undecided(df: pd.DataFrame) -> np.ndarray:
+    """Per stored row: correctly classified, broken by no attack and certified by no stage (the samples
+    ``summarize``'s ``unknown`` counts; past a budgeted stage's prefix, what the cheaper stages left)."""
+    correct = (df["clean_pred"] == df["label"]).to_numpy()
+    certified = certified_rule([df[col(c)].to_numpy() for c in CERTIFIERS if col(c) in df])
+    if not len(certified):
+        certified = np.zeros(len(df), dtype=bool)
+    return correct & ~_broken(df).to_numpy() & ~certified
+
+
 def check_invariants(df: pd.DataFrame, where: str = "") -> None:
     """Fatal checks on per-sample records (see module docstring)."""
     correct = df["clean_pred"] == df["label"]

@@ -89,3 +89,43 @@ def test_bad_onnx_bad_vnnlib_and_a_box_outside_the_unit_interval_are_one_line_er
     # the well-formed pair runs (a linear 2-class network: decided at once)
     assert main(["verify", str(tmp_path / "good.onnx"), str(tmp_path / "ok.vnnlib"), "--out", str(out)]) == 0
     assert _rows(out / "results.csv")[0]["result"] in ("sat", "unsat")
+
+
+def test_export_undecided_writes_the_samples_the_certification_left_open(mlp_run, tmp_path, capsys):
+    """``--undecided``: the first N samples that are correct, unbroken and uncertified in the run's records,
+    named by their test index; no records, or several without a key, is a one-line error that writes nothing."""
+    import shutil
+
+    import pandas as pd
+
+    from harness.data import load_split
+
+    run = tmp_path / mlp_run.path.name
+    shutil.copytree(mlp_run.path, run, ignore=shutil.ignore_patterns("certify-*"))
+    out = tmp_path / "exports"
+    _one_line_error(capsys, ["export", str(run), "--undecided", "--out", str(out)], "no certification records", out)
+
+    _, y = load_split("mnist", "test")
+    n = 20
+    label = y[:n].numpy()
+    idx = np.arange(n)
+    records = pd.DataFrame({
+        "index": idx, "label": label,
+        "clean_pred": np.where(idx == 3, (label + 1) % 10, label),       # 3: misclassified
+        "pgd_robust": (idx != 5).astype(int),                              # 5: broken by PGD
+        "cert_ibp": (idx % 2 == 0).astype(float),                          # even: certified
+        "cert_crown": np.where(idx < 10, (idx == 7).astype(float), np.nan),  # 7: certified by CROWN; past 10 not run
+        "aa_robust": np.where(idx == 9, 0.0, 1.0),                         # 9: broken by AutoAttack
+        "complete": ["counterexample" if i == 11 else "" for i in idx]})   # 11: a counterexample
+    records.to_csv(run / "certify-aaaa.csv", index=False)
+    assert main(["export", str(run), "--undecided", "--n", "3", "--out", str(out)]) == 0
+    folder = out / run.name
+    assert sorted(p.name for p in folder.glob("*.vnnlib")) == ["prop_1.vnnlib", "prop_13.vnnlib", "prop_15.vnnlib"]
+    assert "test sample 13," in (folder / "prop_13.vnnlib").read_text()
+    assert classification_label(read_vnnlib(folder / "prop_13.vnnlib")) == int(label[13])
+
+    records.to_csv(run / "certify-bbbb.csv", index=False)
+    out2 = tmp_path / "exports2"
+    _one_line_error(capsys, ["export", str(run), "--undecided", "--out", str(out2)], "--certify-key", out2)
+    assert main(["export", str(run), "--undecided", "--certify-key", "bbbb", "--n", "1", "--out", str(out2)]) == 0
+    assert [p.name for p in (out2 / run.name).glob("*.vnnlib")] == ["prop_1.vnnlib"]
