@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 
 from harness.certification.records import undecided as undecided_rows
-
 from harness.data import load_split
 from harness.exchange.instances import write_instances
 from harness.exchange.onnx_io import OnnxRunner, export_onnx
@@ -31,7 +30,7 @@ from harness.exchange.vnnlib import read_vnnlib, write_vnnlib
 from harness.rundir import RunDir, load_model
 from harness.threat_model import outward_box
 
-__all__ = ["export_run", "undecided_indices", "LOGIT_ATOL", "LOGIT_RTOL"]
+__all__ = ["LOGIT_ATOL", "LOGIT_RTOL", "export_run", "undecided_indices"]
 
 #: onnxruntime and torch may sum in different orders: their float32 logits agree to about this much.
 LOGIT_ATOL, LOGIT_RTOL = 1e-4, 1e-4
