@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 USAGE_ERROR = 2
@@ -114,7 +115,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from harness.exchange.instances import Instance, read_instances
     from harness.verification.api import VerifySettings
-    from harness.verification.benchmark import compare_official, load_instances, run_instances
+    from harness.verification.benchmark import compare_official, load_instances, run_instances, write_provenance
 
     if args.instances:
         if args.onnx or args.vnnlib:
@@ -136,10 +137,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     # VNN-COMP's setting and the target: one core per instance (also the deterministic one); the
     # caller's thread count is restored (main() also runs in-process, e.g. from the tests)
     previous = set_threads(args.threads)
+    t0 = time.perf_counter()
     try:
         rows = run_instances(loaded, out, settings=settings, timeout_cap=args.timeout_cap, jobs=args.jobs)
     finally:
         set_threads(previous)
+    write_provenance(out, benchmark=Path(args.instances).parent.name if args.instances else Path(args.onnx).name,
+                     instances=len(rows), wall_s=time.perf_counter() - t0, settings=settings,
+                     timeout_cap=args.timeout_cap, jobs=args.jobs, threads=args.threads)
     if args.official:
         counts = compare_official(rows, Path(args.official), out)
         print(json.dumps(counts))

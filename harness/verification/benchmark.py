@@ -14,6 +14,8 @@ from __future__ import annotations
 import csv
 import math
 import multiprocessing
+import os
+import platform
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -26,9 +28,10 @@ import torch
 from harness.exchange.instances import Instance
 from harness.exchange.onnx_io import OnnxRunner, load_onnx, onnx_to_torch
 from harness.exchange.vnnlib import VNNLibError, classification_label, read_vnnlib
+from harness.rundir import git_commit, now, versions, write_json
 from harness.verification.api import Box, Verifier, VerifySettings
 
-__all__ = ["Loaded", "load_instances", "run_instances", "compare_official", "RESULT_COLUMNS"]
+__all__ = ["RESULT_COLUMNS", "Loaded", "compare_official", "load_instances", "run_instances", "write_provenance"]
 
 RESULT_COLUMNS = ("onnx", "vnnlib", "result", "time_s", "stage", "reason", "timeout_s", "band", "counterexample")
 
@@ -214,3 +217,25 @@ def compare_official(rows: list[dict], official_csv: Path, out_dir: Path) -> dic
 
 def _plain(name: str) -> str:
     return name.removesuffix(".gz")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_provenance(out_dir: Path, *, benchmark: str, instances: int, wall_s: float, settings: VerifySettings,
+                     timeout_cap: float | None, jobs: int, threads: int) -> None:
+    """``out_dir/provenance.json``: what made these results (commit, date, machine, versions, settings, wall
+    time). ``benchmark`` is a name (e.g. the benchmark folder's), never a path of this machine."""
+    write_json(out_dir / "provenance.json", {
+        "command": "python -m harness verify", "benchmark": benchmark, "instances": instances,
+        "git_commit": git_commit(), "finished": now(), "wall_time_s": round(wall_s, 1),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "gpu": torch.cuda.is_available()},
+        "versions": versions(), "jobs": jobs, "torch_threads_per_job": 1 if jobs > 1 else threads,
+        "timeout_cap_s": timeout_cap, "settings": dict(settings.__dict__)})

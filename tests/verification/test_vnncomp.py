@@ -67,3 +67,10 @@ def test_the_shipped_mnist_fc_subset_gets_the_official_verdicts(tmp_path, capsys
         assert np.delete(z, label).max() >= z[label]
     summary = {r["verifier"]: r for r in _csv(out / "summary.csv")}
     assert summary["harness"]["disagree"] == "0" and summary["harness"]["decided"] == str(len(decided))
+    # provenance: what made the results, with no path of this machine in it
+    import json
+
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["benchmark"] == "mnist_fc" and prov["instances"] == 6 and prov["jobs"] == 2
+    assert prov["wall_time_s"] > 0 and prov["machine"]["cores"] >= 1 and prov["settings"]["time_limit_s"] > 0
+    assert str(Path.home()) not in json.dumps(prov) and str(tmp_path) not in json.dumps(prov)
