@@ -166,7 +166,7 @@ def test_speed_table_is_the_committed_benchmark():
 
 @pytest.mark.parametrize("profile, name", [("tradeoff", "paired"), ("tradeoff", "hypervolume"),
                                            ("tradeoff", "ablations"), ("cpu", "paired"), ("cpu", "paired_cc_dist"),
-                                           ("distill", "paired_cc_dist")])
+                                           ("distill", "paired_cc_dist"), ("distill", "hypervolume")])
 def test_paired_and_tradeoff_tables_are_the_committed_ones(profile, name):
     from harness.report.tradeoff import readme_markers, readme_table
 
