@@ -10,6 +10,8 @@ leaves TF32 *on* for cuDNN convolutions, so :func:`exact_arithmetic` turns it of
 from __future__ import annotations
 
 import contextlib
+import platform
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -26,6 +28,17 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda")
     return torch.device(device)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what ``platform`` knows), for provenance."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def device_name(device: torch.device) -> str:

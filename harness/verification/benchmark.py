@@ -15,7 +15,6 @@ import csv
 import math
 import multiprocessing
 import os
-import platform
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from harness.exchange.instances import Instance
 from harness.exchange.onnx_io import OnnxRunner, load_onnx, onnx_to_torch
 from harness.exchange.vnnlib import VNNLibError, classification_label, read_vnnlib
 from harness.rundir import git_commit, now, versions, write_json
+from harness.runtime.device import cpu_name
 from harness.verification.api import Box, Verifier, VerifySettings
 
 __all__ = ["RESULT_COLUMNS", "Loaded", "compare_official", "load_instances", "run_instances", "write_provenance"]
@@ -219,16 +219,6 @@ def _plain(name: str) -> str:
     return name.removesuffix(".gz")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def write_provenance(out_dir: Path, *, benchmark: str, instances: int, wall_s: float, settings: VerifySettings,
                      timeout_cap: float | None, jobs: int, threads: int) -> None:
     """``out_dir/provenance.json``: what made these results (commit, date, machine, versions, settings, wall
@@ -236,6 +226,6 @@ def write_provenance(out_dir: Path, *, benchmark: str, instances: int, wall_s: f
     write_json(out_dir / "provenance.json", {
         "command": "python -m harness verify", "benchmark": benchmark, "instances": instances,
         "git_commit": git_commit(), "finished": now(), "wall_time_s": round(wall_s, 1),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "gpu": torch.cuda.is_available()},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": torch.cuda.is_available()},
         "versions": versions(), "jobs": jobs, "torch_threads_per_job": 1 if jobs > 1 else threads,
         "timeout_cap_s": timeout_cap, "settings": dict(settings.__dict__)})
