@@ -15,10 +15,15 @@ certification resumes where it stopped with the same records as an uninterrupted
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import io
 import json
+import multiprocessing
+import os
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -49,6 +54,7 @@ from harness.data import load_split
 from harness.rundir import RunDir, atomic_write_bytes, load_model, write_json
 from harness.runtime.batching import AdaptiveBatches
 from harness.runtime.randomness import SampleNoise, derived_seed
+from harness.runtime.workers import init_worker
 from harness.threat_model import input_box
 
 STAGES = ("clean", "full", "pgd", "crown", "alpha-crown", "autoattack", "complete", "alarm")
@@ -236,7 +242,12 @@ class Cascade:
                      f"first {covered}; {self.times['autoattack']:.1f}s")
 
     def complete(self) -> None:
-        """The MILP of :mod:`harness.bounds.complete` on undecided samples within its budget (on the CPU)."""
+        """The MILP of :mod:`harness.bounds.complete` on undecided samples within its budget (on the CPU).
+
+        With ``complete_jobs`` > 1 the samples go to that many worker processes of one thread each: a
+        sample's program and verdict are the same whichever process solves it (only a verdict the
+        wall-clock cap decides depends on the machine's load, as it does with one process).
+        """
         s = self.settings
         if "complete_code" not in self.rows:
             self.rows["complete_code"] = np.zeros(self.n, dtype=np.int64)
@@ -248,56 +259,46 @@ class Cascade:
         todo = [int(i) for i in self.rows["complete_todo"] if self.rows["complete_code"][i] == 0]
         if not todo:
             return
-
-        # Deferred: importing auto_LiRPA patches torch (harness.bounds.lirpa_compat) and is not needed by a
-        # certification without the complete stage, nor by a command that only imports this module.
-        from harness.bounds import lirpa
-
         model = copy.deepcopy(self.model).cpu().float().eval()
-        net = MILPNetwork.from_model(model, tuple(self.x.shape[1:]))
+        shape = tuple(self.x.shape[1:])
         code, margin = self.rows["complete_code"], self.rows[margin_col("complete")]
         stats = self.stats["complete"]
         t0 = last_save = time.perf_counter()
-        for i in todo:
-            t = time.perf_counter()
-            x, y = self.x[i:i + 1], self.y[i:i + 1]
-            lo, hi = input_box(x, self.eps)
-            with torch.no_grad():
-                own = ibp_bounds(model, lo, hi, spec_matrix(y, net.num_classes)).preact
-            crown = lirpa.lirpa_relu_bounds(model, x, y, self.eps, "crown")
-            known = torch.maximum(lirpa.lirpa_margin_bounds(model, x, y, self.eps, "crown"),
-                                  lirpa.lirpa_margin_bounds(model, x, y, self.eps, "crown-ibp"))
-            bounds = intersect_relu_bounds(own, crown)
-            unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in bounds)
-            stats.setdefault("unstable", []).append(unstable)
-            if s.complete_max_unstable and unstable > s.complete_max_unstable:
-                # deterministic, unlike the wall-clock cap: such programs rarely finish within it
-                code[i] = COMPLETE_VERDICTS.index("unknown")
-                stats["too_many_unstable"] = stats.get("too_many_unstable", 0) + 1
-                continue
-            tighten_after = getattr(s, "complete_tighten_after_s", 0.0)
-            first = min(tighten_after, s.complete_time_limit_s) if tighten_after else s.complete_time_limit_s
-            r = verify_sample(net, model, x[0], int(y), self.eps, bounds, margin_lower=known[0],
-                              node_limit=s.complete_node_limit, time_limit_s=first, threads=1)
-            if r.verdict == "unknown" and tighten_after and s.complete_time_limit_s > r.time_s:
-                # the hard ones: again, on bounds tightened by LP (the first try's time counts against the cap)
-                stats["lp_tightened"] = stats.get("lp_tightened", 0) + 1
-                r = verify_with_lp_bounds(net, model, x[0], int(y), self.eps, bounds, margin_lower=known[0],
-                                          node_limit=s.complete_node_limit,
-                                          time_limit_s=s.complete_time_limit_s - r.time_s, threads=1)
-            code[i] = COMPLETE_VERDICTS.index(r.verdict)
-            margin[i] = r.min_lower_bound
-            stats["wall_clock_limited"] += int(r.wall_clock_limited)
-            stats["seconds"].append(round(time.perf_counter() - t, 3))
-            if time.perf_counter() - last_save > PARTIAL_EVERY_S:
-                self.times["complete"] = self.times.get("complete", 0.0) + time.perf_counter() - last_save
-                self.save_partial()
-                last_save = time.perf_counter()
+        jobs = min(getattr(s, "complete_jobs", 1), len(todo))
+        # numpy copies, not tensors: a tensor sent to a worker process has its whole storage moved to shared
+        # memory, which would pull the test set's storage from under the arrays that share it (rows["label"])
+        items = [(i, self.x[i:i + 1].numpy().copy(), int(self.y[i])) for i in todo]
+        with contextlib.ExitStack() as stack:
+            if jobs == 1:
+                _milp_worker_init(model, shape, None)
+                results = (_milp_worker_decide(item, self.eps, s) for item in items)
+            else:
+                pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
+                    jobs, initializer=_milp_worker_init, initargs=(model, shape, os.getpid())))
+                # the pool's exit terminates its workers, also on an interrupt or an error here
+                results = pool.imap_unordered(functools.partial(_milp_worker_decide, eps=self.eps, s=s), items)
+            for i, r in results:
+                code[i] = COMPLETE_VERDICTS.index(r.verdict)
+                margin[i] = r.margin
+                stats.setdefault("unstable", []).append(r.unstable)
+                if r.too_many_unstable:
+                    stats["too_many_unstable"] = stats.get("too_many_unstable", 0) + 1
+                    continue
+                if r.lp_tightened:
+                    stats["lp_tightened"] = stats.get("lp_tightened", 0) + 1
+                stats["wall_clock_limited"] += int(r.wall_clock_limited)
+                stats["seconds"].append(round(r.seconds, 3))
+                if time.perf_counter() - last_save > PARTIAL_EVERY_S:
+                    self.times["complete"] = self.times.get("complete", 0.0) + time.perf_counter() - last_save
+                    self.save_partial()
+                    last_save = time.perf_counter()
+        _MILP_WORKER.clear()
         self.times["complete"] = self.times.get("complete", 0.0) + time.perf_counter() - last_save
         done = self.rows["complete_todo"]
         verdicts = {v: int((code[done] == k).sum()) for k, v in enumerate(COMPLETE_VERDICTS) if v}
         self.log(f"  complete: {len(done)} undecided sample(s): {verdicts}, covering the first "
-                 f"{self.covered[covered_key('complete')]}; {time.perf_counter() - t0:.1f}s")
+                 f"{self.covered[covered_key('complete')]}; {time.perf_counter() - t0:.1f}s"
+                 f"{f' in {jobs} processes' if jobs > 1 else ''}")
 
     def alarm(self) -> None:
         """AutoAttack on the first certified samples: a break means a bound (or the attack) is wrong."""
@@ -349,3 +350,73 @@ class Cascade:
         code = r.get("complete_code", np.zeros(self.n, dtype=np.int64))
         out["complete"] = [COMPLETE_VERDICTS[k] for k in code]
         return pd.DataFrame(out)
+
+
+# -- the complete stage's per-sample recipe, in this process or in a worker process ------------------------
+
+#: A MILP worker's model and its MILP network, built once per process by :func:`_milp_worker_init`.
+_MILP_WORKER: dict[str, object] = {}
+
+
+@dataclass(frozen=True)
+class SampleDecision:
+    """What the complete stage found for one sample."""
+
+    verdict: str                  # one of COMPLETE_VERDICTS
+    margin: float                 # the MILP's lower bound on the sample's smallest margin (nan if it did not run)
+    unstable: int                 # unstable ReLUs after intersecting the own IBP's and CROWN's bounds
+    too_many_unstable: bool       # skipped as unknown (complete_max_unstable)
+    lp_tightened: bool            # tried again on bounds tightened by LP
+    wall_clock_limited: bool
+    seconds: float
+
+
+def _milp_worker_init(model: torch.nn.Module, shape: tuple[int, ...], parent: int | None) -> None:
+    """A MILP worker (``parent`` given): one thread, its life tied to its driver's; then the network."""
+    if parent is not None:
+        init_worker(1, parent)
+    _MILP_WORKER["model"], _MILP_WORKER["net"] = model, MILPNetwork.from_model(model, shape)
+
+
+def _milp_worker_decide(item: tuple[int, np.ndarray, int], eps: float, s: CertifySettings) -> tuple[int, SampleDecision]:
+    i, x, y = item
+    return i, decide_sample(_MILP_WORKER["model"], _MILP_WORKER["net"], torch.from_numpy(x),
+                            torch.tensor([y], dtype=torch.int64), eps, s)
+
+
+def decide_sample(model: torch.nn.Module, net: MILPNetwork, x: torch.Tensor, y: torch.Tensor, eps: float,
+                  s: CertifySettings) -> SampleDecision:
+    """The complete stage's recipe for one sample ``x`` (1, ...) with label ``y`` (1,).
+
+    The ReLU bounds are the own IBP's intersected with CROWN's; the margin bounds CROWN and CROWN-IBP
+    already proved are handed to the MILP; a sample the MILP leaves unknown after
+    ``complete_tighten_after_s`` is tried again on bounds tightened by LP, within the same cap.
+    """
+    # Deferred: importing auto_LiRPA patches torch (harness.bounds.lirpa_compat) and is not needed by a
+    # certification without the complete stage, nor by a command that only imports this module.
+    from harness.bounds import lirpa
+
+    t = time.perf_counter()
+    lo, hi = input_box(x, eps)
+    with torch.no_grad():
+        own = ibp_bounds(model, lo, hi, spec_matrix(y, net.num_classes)).preact
+    crown = lirpa.lirpa_relu_bounds(model, x, y, eps, "crown")
+    known = torch.maximum(lirpa.lirpa_margin_bounds(model, x, y, eps, "crown"),
+                          lirpa.lirpa_margin_bounds(model, x, y, eps, "crown-ibp"))
+    bounds = intersect_relu_bounds(own, crown)
+    unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in bounds)
+    if s.complete_max_unstable and unstable > s.complete_max_unstable:
+        # deterministic, unlike the wall-clock cap: such programs rarely finish within it
+        return SampleDecision("unknown", float("nan"), unstable, True, False, False, time.perf_counter() - t)
+    tighten_after = getattr(s, "complete_tighten_after_s", 0.0)
+    first = min(tighten_after, s.complete_time_limit_s) if tighten_after else s.complete_time_limit_s
+    r = verify_sample(net, model, x[0], int(y), eps, bounds, margin_lower=known[0],
+                      node_limit=s.complete_node_limit, time_limit_s=first, threads=1)
+    tightened = bool(r.verdict == "unknown" and tighten_after and s.complete_time_limit_s > r.time_s)
+    if tightened:
+        # the hard ones: again, on bounds tightened by LP (the first try's time counts against the cap)
+        r = verify_with_lp_bounds(net, model, x[0], int(y), eps, bounds, margin_lower=known[0],
+                                  node_limit=s.complete_node_limit, time_limit_s=s.complete_time_limit_s - r.time_s,
+                                  threads=1)
+    return SampleDecision(r.verdict, r.min_lower_bound, unstable, False, tightened, bool(r.wall_clock_limited),
+                          time.perf_counter() - t)

@@ -176,6 +176,9 @@ class CertifySettings:
     # certified (false: a certified sample cannot be broken, so the PGD column means the same; the cost
     # of PGD falls with the certified fraction). See harness.certification.cascade.Cascade.pgd.
     pgd_on_certified: bool = True
+    # Worker processes of the complete stage, one thread each, on top of the run's own process (which
+    # waits meanwhile): a profile with a single run to certify (fidelity) gives its MILP every core.
+    complete_jobs: AtLeastOne = 1
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "[certify]") -> "CertifySettings":
@@ -201,7 +204,7 @@ class CertifySettings:
 
 #: CertifySettings fields added after certifications were recorded, with their defaults.
 _LATER_CERTIFY_FIELDS: dict[str, Any] = {"lp_dual": False, "complete_tighten_after_s": 0.0,
-                                         "pgd_on_certified": True}
+                                         "pgd_on_certified": True, "complete_jobs": 1}
 
 
 @dataclass(frozen=True)

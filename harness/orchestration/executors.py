@@ -34,7 +34,7 @@ from harness.certification.run import certify_run, is_certified
 from harness.config.constraints import ConfigError
 from harness.config.settings import SlurmSettings
 from harness.orchestration.jobs import JobResult, JobSpec, file_logger, run_job
-from harness.orchestration.worker import init_worker
+from harness.runtime.workers import init_worker
 from harness.rundir import DiskWriteError, RunDir, is_locked, job_record, now, update_job_record
 
 EXECUTORS = ("inline", "local", "slurm")

@@ -172,3 +172,29 @@ def test_pgd_left_out_on_certified_samples_gives_the_same_records(mlp_run, tmp_p
     assert certified.sum() > 10 and sum(attacked) == int((correct & ~certified).sum())
     assert mine["pgd_robust"].tolist() == ref["pgd_robust"].tolist()
     assert summarize(mine)["pgd_acc"] == summarize(ref)["pgd_acc"]
+
+
+def test_the_complete_stage_in_two_processes_gives_the_same_records(mlp_run, tmp_path):
+    """``complete_jobs = 2``: the MILP's samples go to two worker processes, and every record (verdicts
+    and the MILP's margin bounds) equals the one-process certification's."""
+    run = RunDir(tmp_path / mlp_run.path.name)
+    shutil.copytree(mlp_run.path, run.path)
+    one = CertifySettings(n_test=1000, pgd_steps=10, pgd_restarts=1, batch_size=500, complete_samples=12,
+                          complete_time_limit_s=60.0)
+    two = replace(one, complete_jobs=2)
+    assert two.key != one.key and "complete_jobs" not in one.to_dict()
+    previous = set_threads(1)
+    try:
+        logs: list[str] = []
+        ref = certify_run(run, one, device="cpu", log=lambda _: None)
+        mine = certify_run(run, two, device="cpu", log=logs.append)
+    finally:
+        set_threads(previous)
+    assert (ref["complete"] != "").sum() >= 6 and any("in 2 processes" in line for line in logs)
+    pd.testing.assert_frame_equal(mine, ref)
+    import json
+
+    counts = [json.loads(certify_paths(run, s)[1].read_text())["complete_counts"] for s in (one, two)]
+    for c in counts:
+        del c["median_s"], c["max_s"]
+    assert counts[0] == counts[1]

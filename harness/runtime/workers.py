@@ -1,4 +1,7 @@
-"""What a local worker process does first: tie its life to its driver's, before anything heavy is imported.
+"""What a worker process does first: tie its life to its driver's, before anything heavy is imported.
+
+Used by the local executor's run workers (:mod:`harness.orchestration.executors`) and by the complete
+stage's MILP workers (:mod:`harness.certification.cascade`).
 
 This module imports nothing of the harness and nothing heavy (tqdm only), so that a spawned worker unpickles its
 initializer, and runs it, within a fraction of a second of its start; torch and the harness are
