@@ -80,6 +80,23 @@ def undecided(df: pd.DataFrame) -> np.ndarray:
     return correct & ~_broken(df).to_numpy() & ~certified
 
 
+def sample_verdict(row: pd.Series) -> tuple[str, str]:
+    """(verdict, the stage that decided it) of one stored row: ``misclassified``; ``not robust`` (PGD,
+    AutoAttack or the MILP's counterexample); ``robust`` (the cheapest certifier whose cumulative column
+    says so); else ``unknown``. The same rules as :func:`undecided` and :func:`summarize`."""
+    if row["clean_pred"] != row["label"]:
+        return "misclassified", "clean"
+    frame = row.to_frame().T
+    if _broken(frame).iloc[0]:
+        if not bool(row["pgd_robust"]):
+            return "not robust", "pgd"
+        return "not robust", "complete" if str(row.get("complete", "")) == "counterexample" else "autoattack"
+    for c in CERTIFIERS:
+        if c != "lirpa-ibp" and col(c) in row and row[col(c)] == 1:
+            return "robust", c
+    return "unknown", ""
+
+
 def check_invariants(df: pd.DataFrame, where: str = "") -> None:
     """Fatal checks on per-sample records (see module docstring)."""
     correct = df["clean_pred"] == df["label"]

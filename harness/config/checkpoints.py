@@ -3,7 +3,8 @@
 A published checkpoint is described by ``benchmarks/checkpoints/<name>.toml`` beside the file itself
 (``<name>.pth``, shipped under the repository when small): its architecture and normalisation, how its
 state_dict's keys map onto the harness's model, where it comes from (repository, commit, path, licence,
-URL), its md5 and size, and the numbers its authors published for it. The description is validated by
+URL), its md5 and size, the numbers its authors published for it, and the verdicts published for single
+test images. The description is validated by
 the same strict schema machinery as profiles (:func:`load_checkpoint_spec`); a run config names it with
 ``checkpoint = "<name>"`` and ``method = "published"`` (see :class:`harness.config.settings.RunConfig`),
 and :mod:`harness.training.published` turns it into a finished run folder.
@@ -29,8 +30,8 @@ CHECKPOINTS = Path(__file__).resolve().parents[2] / "benchmarks" / "checkpoints"
 CheckpointName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 MD5 = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 
-__all__ = ["CHECKPOINTS", "CheckpointName", "PublishedCheckpoint", "PublishedNumber", "checkpoint_names",
-           "load_checkpoint_spec"]
+__all__ = ["CHECKPOINTS", "CheckpointName", "PublishedCheckpoint", "PublishedNumber", "PublishedSample",
+           "checkpoint_names", "load_checkpoint_spec"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,16 @@ class PublishedNumber:
     source: str = ""
     lower_pct: Finite | None = None                 # a one-sided target range instead of value +- tolerance
     upper_pct: Finite | None = None
+
+
+@dataclass(frozen=True)
+class PublishedSample:
+    """A verdict the authors (or a verifier's authors) published for one test image of the checkpoint."""
+
+    index: Annotated[int, Field(ge=0)]              # 0-based test index
+    verdict: Annotated[str, Field(pattern=r"^(robust|not robust|misclassified)$")]
+    source: Annotated[str, Field(min_length=1)]
+    note: str = ""                                  # e.g. the published minimal adversarial distance
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class PublishedCheckpoint:
     file: str = ""                                   # the weights' file name beside the description ("": <name>.pth)
     description: str = ""
     published: tuple[PublishedNumber, ...] = field(default_factory=tuple)
+    published_samples: tuple[PublishedSample, ...] = field(default_factory=tuple)
     name: str = ""                                   # set from the file name when loaded
 
     def weights_path(self) -> Path:
@@ -87,8 +99,10 @@ class PublishedCheckpoint:
 @cache
 def _spec_model() -> type[BaseModel]:
     number = model_of(PublishedNumber, "published_number")
-    return model_of(PublishedCheckpoint, "checkpoint", exclude=("name", "published"),
-                    extra_fields={"published": (list[number], Field(default_factory=list))})
+    sample = model_of(PublishedSample, "published_sample")
+    return model_of(PublishedCheckpoint, "checkpoint", exclude=("name", "published", "published_samples"),
+                    extra_fields={"published": (list[number], Field(default_factory=list)),
+                                  "published_samples": (list[sample], Field(default_factory=list))})
 
 
 def checkpoint_names() -> list[str]:
@@ -105,6 +119,7 @@ def load_checkpoint_spec(name: str) -> PublishedCheckpoint:
     model = _spec_model()
     data = validate(model, read_toml_or_json(path, "checkpoint description"), str(path)).model_dump()
     data["published"] = tuple(PublishedNumber(**p) for p in data["published"])
+    data["published_samples"] = tuple(PublishedSample(**p) for p in data["published_samples"])
     for k in ("mean", "std"):
         data[k] = tuple(data[k])
     spec = PublishedCheckpoint(**data, name=name)

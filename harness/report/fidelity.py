@@ -8,6 +8,9 @@ within it. Rows follow for what ours adds (IBP's, CROWN-IBP's, CROWN's and alpha
 bounds, cumulative along the cascade as its verdict columns are; the MILP's verdict counts), with no
 published value. Built from stored records only, like every table.
 
+``results/<profile>/samples.csv`` (+ ``.md``) sets the verdicts published for single test images
+(``[[published_samples]]``) beside ours for the same images, and the stage that decided ours.
+
 The measures (``measure`` in the description):
 
 - ``clean_error``: misclassified test images;
@@ -27,8 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.certification.records import col, summarize
-from harness.certification.records import check_invariants
+from harness.certification.records import check_invariants, col, sample_verdict, summarize
 from harness.certification.run import certify_paths
 from harness.config.checkpoints import load_checkpoint_spec
 from harness.config.profile import Profile
@@ -38,10 +40,11 @@ from harness.rundir import RunDir, atomic_write_text
 
 RESULTS = REPO / "results"  # as harness.report.tables
 
-__all__ = ["COLUMNS", "build_comparison", "comparison_rows", "measures"]
+__all__ = ["COLUMNS", "SAMPLE_COLUMNS", "build_comparison", "comparison_rows", "measures", "sample_rows"]
 
 COLUMNS = ["checkpoint", "eps", "quantity", "published_pct", "ours_pct", "ours_count", "n_test", "difference_pp",
            "tolerance", "within", "unknown", "source"]
+SAMPLE_COLUMNS = ["checkpoint", "eps", "index", "label", "published", "ours", "decided_by", "agree", "note", "source"]
 
 
 def measures(df: pd.DataFrame) -> dict[str, tuple[float, int, int]]:
@@ -78,21 +81,43 @@ ADDED = (("ibp_error", "IBP robust-error bound (input clipped to [0, 1])"),
          ("complete_error", "after the MILP (cumulative: the certified part of the exact error)"))
 
 
-def comparison_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
-    """The comparison rows of every published-checkpoint run of ``profile`` that has records."""
-    rows = []
+def _published_runs(profile: Profile, runs_root: Path | None):
+    """(run config, checkpoint description, records, certify metadata) of every published-checkpoint run
+    of ``profile`` that has records."""
     for p in profile.plan():
         cfg = p.cfg
         if cfg.checkpoint is None:
             continue
-        spec = load_checkpoint_spec(cfg.checkpoint)
         run = RunDir.of(cfg, runs_root or RUNS)
         csv_path, meta_path = certify_paths(run, profile.certify_for(p))
         if not (csv_path.exists() and meta_path.exists()):
             continue
         df = pd.read_csv(csv_path)
         check_invariants(df, where=f"run {cfg.run_id}")
-        meta = json.loads(meta_path.read_text())
+        yield cfg, load_checkpoint_spec(cfg.checkpoint), df, json.loads(meta_path.read_text())
+
+
+def sample_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
+    """One row per published single-image verdict of every published-checkpoint run with records."""
+    rows = []
+    for cfg, spec, df, _ in _published_runs(profile, runs_root):
+        for pub in spec.published_samples:
+            base = {"checkpoint": spec.name, "eps": cfg.eps, "index": pub.index, "published": pub.verdict,
+                    "note": pub.note, "source": pub.source}
+            if pub.index >= len(df):
+                rows.append({**base, "ours": "not measured", "agree": "not measured"})
+                continue
+            row = df.iloc[pub.index]
+            ours, stage = sample_verdict(row)
+            rows.append({**base, "label": int(row["label"]), "ours": ours, "decided_by": stage,
+                         "agree": "yes" if ours == pub.verdict else ("undecided" if ours == "unknown" else "no")})
+    return rows
+
+
+def comparison_rows(profile: Profile, runs_root: Path | None = None) -> list[dict]:
+    """The comparison rows of every published-checkpoint run of ``profile`` that has records."""
+    rows = []
+    for cfg, spec, df, meta in _published_runs(profile, runs_root):
         got = measures(df)
         n = len(df)
         base = {"checkpoint": spec.name, "eps": cfg.eps, "n_test": n}
@@ -134,5 +159,9 @@ def build_comparison(profile: Profile, runs_root: Path | None = None, results_di
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "comparison.csv", df.to_csv(index=False))
     atomic_write_text(folder / "comparison.md", markdown_table(df))
-    log(f"wrote comparison.csv (+ .md) to {folder}")
+    samples = pd.DataFrame(sample_rows(profile, runs_root), columns=SAMPLE_COLUMNS)
+    if not samples.empty:
+        atomic_write_text(folder / "samples.csv", samples.to_csv(index=False))
+        atomic_write_text(folder / "samples.md", markdown_table(samples))
+    log(f"wrote comparison.csv (+ .md){' and samples.csv (+ .md)' if not samples.empty else ''} to {folder}")
     return df

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from harness.bounds import margin_lower_bounds
+from harness.certification.records import sample_verdict
 from harness.certification.run import certify_paths
 from harness.config.checkpoints import load_checkpoint_spec
 from harness.config.constraints import ConfigError
@@ -154,6 +155,13 @@ def test_a_profile_setting_with_a_checkpoint_is_loaded_certified_and_compared(tm
     assert clean["ours_count"] == int((df["clean_pred"] != df["label"]).sum()) and clean["published_pct"] == 1.80
     lp = table[table["quantity"] == "LP-dual robust-error bound"].iloc[0]
     assert lp["ours_count"] == int((df["cert_lp_dual"] != 1).sum())
+    # the published single-image verdicts beside ours (247 lies beyond the 20-image slice)
+    samples = pd.read_csv(dirs["results_dir"] / "fidelity-slice" / "samples.csv").set_index("index")
+    assert list(samples.index) == [0, 1, 8, 247] and samples.loc[247, "ours"] == "not measured"
+    for i in (0, 1, 8):
+        ours, _ = sample_verdict(df.iloc[i])
+        assert samples.loc[i, "ours"] == ours and samples.loc[i, "agree"] == (
+            "yes" if ours == samples.loc[i, "published"] else "undecided" if ours == "unknown" else "no")
     # the run folder is not made again: a second reproduce finds everything done
     assert reproduce(path, device="cpu", threads=1, log=logs.append, **dirs) == 0
     assert any("0 to train, 0 to certify" in line for line in logs)
@@ -191,3 +199,27 @@ def test_lp_dual_is_sound_and_looser_than_crown(model, mnist):
             adv.requires_grad_(True)
     assert (lp <= worst + 1e-5).all()
     assert ((worst - lp).amin(1) < 1.0).any()  # close somewhere: the check has teeth
+
+
+def test_the_images_mipverifys_test_suite_names_get_the_complete_stages_verdicts(model, spec):
+    """MIPVerify.jl's test suite asserts verdicts for four test images of this model at eps 0.1
+    (``[[published_samples]]`` in kw_mnist.toml). The complete stage's recipe, with no attack before it,
+    agrees on three: 0 and 1 robust, 8 not robust (a counterexample a plain forward pass misclassifies).
+    The fourth, 247, which they assert misclassified, a plain forward pass of the published weights
+    classifies correctly (logit margin 0.67), so the MILP proves it robust at eps 0.001 and breaks it at
+    0.1: results/fidelity/samples.csv shows that row as a disagreement, which this test pins down."""
+    from harness.bounds.milp import MILPNetwork
+    from harness.certification.cascade import decide_sample
+
+    x, y = load_split("mnist", "test")
+    published = {s.index: s.verdict for s in spec.published_samples}
+    assert published == {0: "robust", 1: "robust", 8: "not robust", 247: "misclassified"}
+    settings = CertifySettings(complete_samples=1, complete_time_limit_s=120.0)
+    net = MILPNetwork.from_model(model.float().eval(), tuple(x.shape[1:]))
+    cases = {(0, EPS): "verified", (1, EPS): "verified", (8, EPS): "counterexample",
+             (247, 0.001): "verified", (247, EPS): "counterexample"}
+    for (i, eps), expected in cases.items():
+        with torch.no_grad():
+            assert int(model(x[i:i + 1]).argmax(1)) == int(y[i])
+        got = decide_sample(model, net, x[i:i + 1], y[i:i + 1], eps, settings)
+        assert got.verdict == expected, (i, eps, got)
