@@ -18,6 +18,9 @@ ones left open:
     milp    the complete MILP of :mod:`harness.bounds.complete` (:func:`verify_box`) on the
             intersected intermediate bounds, with the attacks' best margins for the band check
 
+A disjunction of general linear output constraints reduces to this question exactly, by one more
+linear layer (:mod:`harness.verification.properties`).
+
 Results: ``sat`` (a counterexample: a float32 point of the box that a float32 *and* a float64
 forward pass of the model put some other class at or above the label), ``unsat`` (proven), ``unknown``
 (with the reason per class) or ``timeout`` (the instance's time limit was spent). "unknown" and

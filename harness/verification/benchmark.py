@@ -1,7 +1,8 @@
 """ONNX + VNN-LIB instances through the verification API: ``python -m harness verify``.
 
 :func:`load_instances` reads and checks everything first (networks converted, properties parsed,
-boxes inside [0, 1], the classification form), so a bad file is a one-line error before anything is
+boxes inside [0, 1], the output property of a form the API decides: the classification form, or a
+disjunction of linear constraints through :mod:`harness.verification.properties`), so a bad file is a one-line error before anything is
 written. :func:`run_instances` then verifies each instance, writes one row per instance to
 ``results.csv`` and, for ``sat``, a VNN-COMP counterexample file (``((X_0 v) ... (Y_9 v))``) whose
 input onnxruntime has put on the wrong side of the property inside the box; a counterexample that
@@ -30,6 +31,7 @@ from harness.exchange.vnnlib import VNNLibError, classification_label, read_vnnl
 from harness.rundir import git_commit, now, versions, write_json
 from harness.runtime.device import cpu_name
 from harness.verification.api import Box, Verifier, VerifySettings
+from harness.verification.properties import LinearProperty, PropertyVerifier
 
 __all__ = ["RESULT_COLUMNS", "Loaded", "compare_official", "load_instances", "run_instances", "write_provenance"]
 
@@ -38,12 +40,23 @@ RESULT_COLUMNS = ("onnx", "vnnlib", "result", "time_s", "stage", "reason", "time
 
 @dataclass
 class Loaded:
-    """A checked instance: its network (shared between instances of the same file), box and label."""
+    """A checked instance: its network (shared between instances of the same file), box and property.
+
+    The property is the classification form ("label" wins; ``linear`` None) or a disjunction of linear
+    constraints (``linear``; ``label`` None), see :mod:`harness.verification.properties`.
+    """
 
     instance: Instance
     network: tuple  # (model, in_shape, proto)
     box: Box
-    label: int
+    label: int | None
+    linear: LinearProperty | None = None
+
+    def unsafe(self, y: np.ndarray) -> bool:
+        """Whether the network output ``y`` lies in the property's unsafe set (exactly)."""
+        if self.linear is not None:
+            return self.linear.met_by(y)
+        return bool(np.delete(y, self.label).max() >= y[self.label])
 
 
 def load_instances(instances: list[Instance]) -> list[Loaded]:
@@ -57,10 +70,12 @@ def load_instances(instances: list[Instance]) -> list[Loaded]:
             networks[inst.onnx] = (model, in_shape, proto)
         model, in_shape, _ = networks[inst.onnx]
         prop = read_vnnlib(inst.vnnlib)
-        label = classification_label(prop)
+        label, linear = classification_label(prop), None
         if label is None:
-            raise VNNLibError(f"{inst.vnnlib}: the output property is not the classification form "
-                              f"(or (and (>= Y_j Y_label)) ...) over every other class, the one this verifier decides")
+            try:
+                linear = LinearProperty.from_clauses(prop.clauses, prop.n_outputs)
+            except ValueError as err:
+                raise VNNLibError(f"{inst.vnnlib}: {err}") from None
         n = math.prod(in_shape)
         with torch.no_grad():
             k = int(model(torch.zeros((1,) + in_shape)).shape[1])
@@ -71,7 +86,7 @@ def load_instances(instances: list[Instance]) -> list[Loaded]:
             box = Box(prop.lo, prop.hi, in_shape)
         except ValueError as err:
             raise ValueError(f"{inst.vnnlib}: {err}") from None
-        out.append(Loaded(inst, networks[inst.onnx], box, label))
+        out.append(Loaded(inst, networks[inst.onnx], box, label, linear))
     return out
 
 
@@ -82,18 +97,23 @@ def _cex_text(x: np.ndarray, y: np.ndarray) -> str:
     return "(" + "\n ".join(parts) + ")\n"
 
 
-_WORKER_VERIFIERS: dict[str, Verifier] = {}
+_WORKER_VERIFIERS: dict[str, Verifier | PropertyVerifier] = {}
 
 
-def _verify(item: Loaded, settings: VerifySettings, limit: float, key: str, verifiers: dict[str, Verifier]):
-    """One instance: (the verification result, its wall time), with ``verifiers`` caching one per network."""
+def _verify(item: Loaded, settings: VerifySettings, limit: float, key: str,
+            verifiers: dict[str, Verifier | PropertyVerifier]):
+    """One instance: (the verification result, its wall time), with ``verifiers`` caching one per network
+    (and per linear property: its head is part of the verified network)."""
     model, in_shape, _ = item.network
+    if item.linear is not None:
+        key = f"{key}#{item.linear.fingerprint()}"
     if key not in verifiers:
-        verifiers[key] = Verifier(model, in_shape, settings)
+        verifiers[key] = (Verifier(model, in_shape, settings) if item.linear is None
+                          else PropertyVerifier(model, in_shape, item.linear, settings))
     v = verifiers[key]
     v.settings = VerifySettings(**{**settings.__dict__, "time_limit_s": limit})
     t = time.perf_counter()
-    r = v.verify(item.box, item.label)
+    r = v.verify(item.box, item.label) if item.linear is None else v.verify(item.box)
     r.complete = None  # not needed past here (and not sent between processes)
     return r, time.perf_counter() - t
 
@@ -129,8 +149,7 @@ def run_instances(loaded: list[Loaded], out_dir: Path, *, settings: VerifySettin
         if r.status == "sat":
             x = r.counterexample.numpy().astype(np.float32)
             y = runners[keys[i]](x[None])[0]
-            others = np.delete(y, item.label)
-            if item.box.contains(torch.from_numpy(x)) and others.max() >= y[item.label]:
+            if item.box.contains(torch.from_numpy(x)) and item.unsafe(y):
                 cex_name = f"{_stem(inst.onnx)}_{_stem(inst.vnnlib)}.counterexample"
                 (out_dir / cex_name).write_text(_cex_text(x, y))
             else:

@@ -91,6 +91,41 @@ def test_bad_onnx_bad_vnnlib_and_a_box_outside_the_unit_interval_are_one_line_er
     assert _rows(out / "results.csv")[0]["result"] in ("sat", "unsat")
 
 
+def test_a_linear_output_property_is_verified_and_a_conjunction_is_a_one_line_error(tmp_path, capsys):
+    """``harness verify`` on VNN-LIB properties that are not the classification form: 'Y_0 <= t' on y = W x
+    (y_0 = x_0 + x_1 over [0, 0.5]^2 here: its least value is 0), sat below t >= 0, unsat above, the
+    counterexample confirmed by onnxruntime; several constraints in one clause is refused, naming it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w])
+    (tmp_path / "net.onnx").write_bytes(helper.make_model(g).SerializeToString())
+    write_vnnlib(tmp_path / "base.vnnlib", np.zeros(4), np.full(4, 0.5), 0, 2)
+    inputs = (tmp_path / "base.vnnlib").read_text().split("(assert (or")[0]
+    (tmp_path / "low.vnnlib").write_text(inputs + "(assert (<= Y_0 0.01))\n")
+    (tmp_path / "neg.vnnlib").write_text(inputs + "(assert (or (<= Y_0 -0.01) (>= Y_1 1.5)))\n")
+    (tmp_path / "both.vnnlib").write_text(inputs + "(assert (<= Y_0 0.01))\n(assert (>= Y_1 0.5))\n")
+    out = tmp_path / "o"
+    _one_line_error(capsys, ["verify", str(tmp_path / "net.onnx"), str(tmp_path / "both.vnnlib"), "--out", str(out)],
+                    "both.vnnlib: clause 1 of the output property is a conjunction of 2 constraints", out)
+    for name, verdict in (("low", "sat"), ("neg", "unsat")):
+        assert main(["verify", str(tmp_path / "net.onnx"), str(tmp_path / f"{name}.vnnlib"), "--out",
+                     str(out / name), "--no-autoattack"]) == 0
+        row = _rows(out / name / "results.csv")[0]
+        assert row["result"] == verdict, row
+    text = (out / "low" / _cex_name(out / "low")).read_text()
+    values = [float(tok.rstrip(")")) for tok in text.split() if not tok.startswith("(")]
+    x = np.array(values[:4], dtype=np.float32)
+    y = OnnxRunner(tmp_path / "net.onnx")(x.reshape(1, 4))[0]
+    assert np.all(x >= 0) and np.all(x <= 0.5) and y[0] <= 0.01 and np.allclose(values[4:], y, atol=0)
+
+
+def _cex_name(folder):
+    return _rows(folder / "results.csv")[0]["counterexample"]
+
+
 def test_export_undecided_writes_the_samples_the_certification_left_open(mlp_run, tmp_path, capsys):
     """``--undecided``: the first N samples that are correct, unbroken and uncertified in the run's records,
     named by their test index; no records, or several without a key, is a one-line error that writes nothing."""
