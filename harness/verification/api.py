@@ -53,6 +53,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -183,7 +184,8 @@ class Verifier:
     the batch dimension.
     """
 
-    def __init__(self, model: nn.Module, in_shape: tuple[int, ...], settings: VerifySettings | None = None) -> None:
+    def __init__(self, model: nn.Module, in_shape: tuple[int, ...], settings: VerifySettings | None = None,
+                 accept: Callable[[torch.Tensor], bool] | None = None) -> None:
         training = sorted({type(m).__name__ for m in model.modules() if m.training})
         if training:
             raise ValueError(f"verification needs the model in eval mode (in training mode: {', '.join(training)})")
@@ -191,6 +193,9 @@ class Verifier:
         self.model64 = copy.deepcopy(self.model).double().eval()
         self.in_shape = tuple(in_shape)
         self.settings = settings or VerifySettings()
+        # a further test a counterexample must pass (e.g. a property checked exactly on other outputs); a
+        # point it rejects is not a counterexample, and the search goes on
+        self.accept = accept
         with torch.no_grad():
             self.num_classes = int(self.model(torch.zeros((1,) + self.in_shape)).shape[1])
         self._net: MILPNetwork | None = None
@@ -239,7 +244,7 @@ class Verifier:
 
         def found(x32: torch.Tensor, stage: str) -> VerificationResult | None:
             z = self._violation(x32, label)
-            if z is not None and box.contains(x32):
+            if z is not None and box.contains(x32) and (self.accept is None or self.accept(x32)):
                 return done("sat", stage, counterexample=x32.view(self.in_shape).clone(), output=z)
             for j, m in self._margins(x32, label).items():
                 seen[j] = min(seen.get(j, math.inf), m)
@@ -306,7 +311,10 @@ class Verifier:
         if (r := proven("crown")):
             return r
 
-        if s.alpha_crown and left() > 0:
+        # alpha-CROWN optimises ReLU slopes: a network without ReLUs has none (auto_LiRPA fails on it),
+        # and CROWN is exact there already
+        has_relu = any(type(m) is nn.ReLU for m in self.model.modules())
+        if s.alpha_crown and has_relu and left() > 0:
             t = time.perf_counter()
             aopt = dict(alpha_iterations=s.alpha_iterations, **kw)
             margin, alpha = lirpa.lirpa_relu_bounds(self.model64, centre64, y, 0.0, "alpha-crown",

@@ -91,10 +91,11 @@ def test_bad_onnx_bad_vnnlib_and_a_box_outside_the_unit_interval_are_one_line_er
     assert _rows(out / "results.csv")[0]["result"] in ("sat", "unsat")
 
 
-def test_a_linear_output_property_is_verified_and_a_conjunction_is_a_one_line_error(tmp_path, capsys):
-    """``harness verify`` on VNN-LIB properties that are not the classification form: 'Y_0 <= t' on y = W x
-    (y_0 = x_0 + x_1 over [0, 0.5]^2 here: its least value is 0), sat below t >= 0, unsat above, the
-    counterexample confirmed by onnxruntime; several constraints in one clause is refused, naming it."""
+def test_linear_output_properties_with_conjunctions_are_verified_through_the_cli(tmp_path, capsys):
+    """``harness verify`` on VNN-LIB properties that are not the classification form, on y = W x with
+    y_0 = x_0 + x_1, y_1 = x_2 + x_3 over [0, 0.5]^4 (each in [0, 1]): single constraints and
+    conjunctions, sat where the box reaches them (the counterexample confirmed by onnxruntime), unsat
+    where not."""
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32), "w")
@@ -104,22 +105,25 @@ def test_a_linear_output_property_is_verified_and_a_conjunction_is_a_one_line_er
     (tmp_path / "net.onnx").write_bytes(helper.make_model(g).SerializeToString())
     write_vnnlib(tmp_path / "base.vnnlib", np.zeros(4), np.full(4, 0.5), 0, 2)
     inputs = (tmp_path / "base.vnnlib").read_text().split("(assert (or")[0]
-    (tmp_path / "low.vnnlib").write_text(inputs + "(assert (<= Y_0 0.01))\n")
-    (tmp_path / "neg.vnnlib").write_text(inputs + "(assert (or (<= Y_0 -0.01) (>= Y_1 1.5)))\n")
-    (tmp_path / "both.vnnlib").write_text(inputs + "(assert (<= Y_0 0.01))\n(assert (>= Y_1 0.5))\n")
-    out = tmp_path / "o"
-    _one_line_error(capsys, ["verify", str(tmp_path / "net.onnx"), str(tmp_path / "both.vnnlib"), "--out", str(out)],
-                    "both.vnnlib: clause 1 of the output property is a conjunction of 2 constraints", out)
-    for name, verdict in (("low", "sat"), ("neg", "unsat")):
-        assert main(["verify", str(tmp_path / "net.onnx"), str(tmp_path / f"{name}.vnnlib"), "--out",
-                     str(out / name), "--no-autoattack"]) == 0
-        row = _rows(out / name / "results.csv")[0]
-        assert row["result"] == verdict, row
-    text = (out / "low" / _cex_name(out / "low")).read_text()
-    values = [float(tok.rstrip(")")) for tok in text.split() if not tok.startswith("(")]
-    x = np.array(values[:4], dtype=np.float32)
-    y = OnnxRunner(tmp_path / "net.onnx")(x.reshape(1, 4))[0]
-    assert np.all(x >= 0) and np.all(x <= 0.5) and y[0] <= 0.01 and np.allclose(values[4:], y, atol=0)
+    outputs = {"low": ("(assert (<= Y_0 0.01))", "sat"),
+               "neg": ("(assert (or (<= Y_0 -0.01) (>= Y_1 1.5)))", "unsat"),
+               "both": ("(assert (<= Y_0 0.01))\n(assert (>= Y_1 0.5))", "sat"),  # top-level asserts: one clause
+               "never": ("(assert (or (and (<= Y_0 0.01) (>= Y_1 1.5)) (and (>= Y_0 Y_1) (>= Y_1 0.8) (<= Y_0 0.7))))",
+                         "unsat")}
+    for name, (text, verdict) in outputs.items():
+        (tmp_path / f"{name}.vnnlib").write_text(inputs + text + "\n")
+        out = tmp_path / "o" / name
+        assert main(["verify", str(tmp_path / "net.onnx"), str(tmp_path / f"{name}.vnnlib"), "--out", str(out),
+                     "--no-autoattack"]) == 0
+        row = _rows(out / "results.csv")[0]
+        assert row["result"] == verdict, (name, row)
+        if verdict == "sat":
+            values = [float(tok.rstrip(")")) for tok in (out / _cex_name(out)).read_text().split()
+                      if not tok.startswith("(")]
+            x = np.array(values[:4], dtype=np.float32)
+            y = OnnxRunner(tmp_path / "net.onnx")(x.reshape(1, 4))[0]
+            assert np.all(x >= 0) and np.all(x <= 0.5) and y[0] <= 0.01 and np.allclose(values[4:], y, atol=0)
+            assert name == "low" or y[1] >= 0.5
 
 
 def _cex_name(folder):
