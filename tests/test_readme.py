@@ -174,6 +174,16 @@ def test_paired_and_tradeoff_tables_are_the_committed_ones(profile, name):
     assert shown_between(begin, end) == readme_table(name, committed_csv(f"results/{profile}/{name}.csv"))
 
 
+@pytest.mark.parametrize("name", ["comparison", "samples"])
+def test_fidelity_tables_are_the_committed_ones(name):
+    """The fidelity tables in the docs are exactly the committed results/fidelity/<name>.md."""
+    rel = f"results/fidelity/{name}.md"
+    r = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=REPO, capture_output=True, text=True)
+    text = r.stdout if r.returncode == 0 else (REPO / rel).read_text()
+    begin = f"<!-- fidelity {name} table: copied from {rel} -->"
+    assert shown_between(begin, f"<!-- end of fidelity {name} table -->") == text.strip() + "\n"
+
+
 def test_paths_and_names_exist():
     """Every repository path in backticks exists, and every dotted ``harness.x.y`` name resolves."""
     import importlib

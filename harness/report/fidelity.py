@@ -137,6 +137,8 @@ def comparison_rows(profile: Profile, runs_root: Path | None = None) -> list[dic
                 pct, count, _ = got[key]
                 rows.append({**base, "quantity": label, "ours_pct": pct, "ours_count": count,
                              "source": "ours (not published)"})
+        if not meta.get("settings", {}).get("complete_samples", 0):
+            continue  # no MILP in this run's certification: no row of its verdicts
         counts = meta.get("complete_counts", {})
         rows.append({**base, "quantity": "MILP verdicts: verified / counterexample / unknown",
                      "ours_count": counts.get("verified", 0) + counts.get("counterexample", 0),

@@ -152,7 +152,7 @@ def test_a_profile_setting_with_a_checkpoint_is_loaded_certified_and_compared(tm
     assert run.finished and manifest["origin"] == "published checkpoint" and manifest["trained"] is False
     assert manifest["checkpoint"]["md5"] == "cbbfc86b2d1b4146b067efb98e6f86be"
     assert json.loads(run.config.read_text())["checkpoint"] == "kw_mnist"
-    x, y = mnist
+    x, _ = mnist
     df = pd.read_csv(certify_paths(run, load_profile(path).certify)[0])
     with torch.no_grad():
         assert (df["clean_pred"].to_numpy() == load_model(run)(x[:20]).argmax(1).numpy()).all()
@@ -166,6 +166,7 @@ def test_a_profile_setting_with_a_checkpoint_is_loaded_certified_and_compared(tm
     assert clean["ours_count"] == int((df["clean_pred"] != df["label"]).sum()) and clean["published_pct"] == 1.80
     lp = mine[mine["quantity"] == "LP-dual robust-error bound"].iloc[0]
     assert lp["ours_count"] == int((df["cert_lp_dual"] != 1).sum())
+    assert not table["quantity"].str.startswith("MILP verdicts").any()  # no MILP ran, so no row of its verdicts
     # each checkpoint's own published numbers: Tjeng et al.'s beside the network they verified
     theirs = table[table["checkpoint"] == "mipverify_wk17a"]
     assert set(theirs.dropna(subset=["published_pct"])["quantity"]) == {"clean error", "exact robust error (MILP)"}
