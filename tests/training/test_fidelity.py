@@ -169,7 +169,8 @@ def test_a_profile_setting_with_a_checkpoint_is_loaded_certified_and_compared(tm
     assert not table["quantity"].str.startswith("MILP verdicts").any()  # no MILP ran, so no row of its verdicts
     # each checkpoint's own published numbers: Tjeng et al.'s beside the network they verified
     theirs = table[table["checkpoint"] == "mipverify_wk17a"]
-    assert set(theirs.dropna(subset=["published_pct"])["quantity"]) == {"clean error", "exact robust error (MILP)"}
+    assert set(theirs.dropna(subset=["published_pct"])["quantity"]) == {"clean error", "PGD error",
+                                                                         "exact robust error (MILP)"}
     # the published single-image verdicts beside ours (247 lies beyond the 20-image slice)
     run2 = RunDir.of(tjeng, dirs["runs_root"])
     df2 = pd.read_csv(certify_paths(run2, load_profile(path).certify_for(load_profile(path).plan()[1]))[0])
