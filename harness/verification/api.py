@@ -18,8 +18,9 @@ ones left open:
     milp    the complete MILP of :mod:`harness.bounds.complete` (:func:`verify_box`) on the
             intersected intermediate bounds, with the attacks' best margins for the band check
 
-A disjunction of general linear output constraints reduces to this question exactly, by one more
-linear layer (:mod:`harness.verification.properties`).
+Any VNN-LIB property of linear output constraints (a disjunction of conjunctions) reduces to this
+question exactly, by a head of linear and ReLU layers appended to the network
+(:mod:`harness.verification.properties`).
 
 Results: ``sat`` (a counterexample: a float32 point of the box that a float32 *and* a float64
 forward pass of the model put some other class at or above the label), ``unsat`` (proven), ``unknown``
@@ -196,6 +197,9 @@ class Verifier:
         # a further test a counterexample must pass (e.g. a property checked exactly on other outputs); a
         # point it rejects is not a counterexample, and the search goes on
         self.accept = accept
+        # alpha-CROWN optimises ReLU slopes: a network without ReLUs has none (auto_LiRPA fails on it),
+        # and CROWN is exact there already
+        self._has_relu = any(type(m) is nn.ReLU for m in self.model.modules())
         with torch.no_grad():
             self.num_classes = int(self.model(torch.zeros((1,) + self.in_shape)).shape[1])
         self._net: MILPNetwork | None = None
@@ -311,10 +315,7 @@ class Verifier:
         if (r := proven("crown")):
             return r
 
-        # alpha-CROWN optimises ReLU slopes: a network without ReLUs has none (auto_LiRPA fails on it),
-        # and CROWN is exact there already
-        has_relu = any(type(m) is nn.ReLU for m in self.model.modules())
-        if s.alpha_crown and has_relu and left() > 0:
+        if s.alpha_crown and self._has_relu and left() > 0:
             t = time.perf_counter()
             aopt = dict(alpha_iterations=s.alpha_iterations, **kw)
             margin, alpha = lirpa.lirpa_relu_bounds(self.model64, centre64, y, 0.0, "alpha-crown",

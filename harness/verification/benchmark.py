@@ -1,9 +1,9 @@
 """ONNX + VNN-LIB instances through the verification API: ``python -m harness verify``.
 
 :func:`load_instances` reads and checks everything first (networks converted, properties parsed,
-boxes inside [0, 1], the output property of a form the API decides: the classification form, or a
-disjunction of linear constraints through :mod:`harness.verification.properties`), so a bad file is a one-line error before anything is
-written. :func:`run_instances` then verifies each instance, writes one row per instance to
+boxes inside [0, 1], the output property of a form the API decides: the classification form, or
+linear constraints through :mod:`harness.verification.properties`), so a bad file is a one-line
+error before anything is written. :func:`run_instances` then verifies each instance, writes one row per instance to
 ``results.csv`` and, for ``sat``, a VNN-COMP counterexample file (``((X_0 v) ... (Y_9 v))``) whose
 input onnxruntime has put on the wrong side of the property inside the box; a counterexample that
 onnxruntime does not confirm is reported ``unknown``, never ``sat``.
@@ -42,7 +42,7 @@ RESULT_COLUMNS = ("onnx", "vnnlib", "result", "time_s", "stage", "reason", "time
 class Loaded:
     """A checked instance: its network (shared between instances of the same file), box and property.
 
-    The property is the classification form ("label" wins; ``linear`` None) or a disjunction of linear
+    The property is the classification form ("label" wins; ``linear`` None) or linear output
     constraints (``linear``; ``label`` None), see :mod:`harness.verification.properties`.
     """
 

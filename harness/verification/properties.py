@@ -19,10 +19,10 @@ Exactness, since "unsat" must mean unsat:
   property. The minimum layers' weights are 0 and +-1.
 - A bound ``b_i`` that is not a float32 number is rounded *up*, to ``b_i' >= b_i``: a proof that no
   point meets the rows with ``b'`` is a proof that none meets them with ``b``.
-- A point the API returns as a counterexample of the longer network meets a clause with ``b'``; it
-  is accepted only if the network's own float32 *and* float64 outputs meet a clause with ``b``
-  exactly (rational arithmetic, :meth:`LinearProperty.met_by`). A point between ``b`` and ``b'`` is
-  ``unknown``, never ``sat``.
+- A point where the longer network puts a clause at or above class 0 meets that clause with ``b'``;
+  it counts as a counterexample only if the network's own float32 *and* float64 outputs meet a clause
+  with ``b`` exactly (rational arithmetic, :meth:`LinearProperty.met_by`, the API's ``accept`` test).
+  A point between ``b`` and ``b'`` is never ``sat``: the search goes on past it.
 """
 
 from __future__ import annotations
@@ -118,7 +118,6 @@ def head_network(model: nn.Sequential, prop: LinearProperty) -> nn.Sequential:
     -C and b') is 0 or +-1, sums of +-1 over disjoint units included, so float32 holds it exactly (each
     layer is checked). A property of single-row clauses gets one Linear layer and no ReLU.
     """
-    first = _linear(-prop.C, prop.b_up)  # one value w_i = b_i' - C[i] . y per row
     layers: list[nn.Module] = []
     mix = np.eye(len(prop.b))  # the current values as signed sums of the last layer's outputs
     groups = [list(g) for g in prop.clauses]  # per clause, the indices of its current values
@@ -147,6 +146,7 @@ def head_network(model: nn.Sequential, prop: LinearProperty) -> nn.Sequential:
         select[k + 1, g[0]] = 1.0
     if not layers:  # single-row clauses: the selection (0/1, one per row) folds into the first layer exactly
         return nn.Sequential(*model, _linear(select @ -prop.C, select @ prop.b_up)).float().eval()
+    first = _linear(-prop.C, prop.b_up)  # one value w_i = b_i' - C[i] . y per row
     return nn.Sequential(*model, first, *layers, _linear(select @ mix, np.zeros(len(select)))).float().eval()
 
 
